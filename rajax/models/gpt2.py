@@ -1,0 +1,318 @@
+"""GPT-2 with a scalar value head, as Flax NNX modules run as pure functions.
+
+The parameters are a plain nested dict (``nnx.to_pure_dict`` of the module state):
+``{'wte': {'embedding'}, 'wpe': {'embedding'}, 'h': {0: block, 1: ...}, 'ln_f': {'scale', 'bias'},
+'v_head': {'kernel', 'bias'}}`` with every block
+``{'ln_1', 'attn': {'c_attn', 'c_proj'}, 'ln_2', 'mlp': {'c_fc', 'c_proj'}}`` and dense layers as
+``{'kernel' (in, out), 'bias'}``, the same layout as transformers' Conv1D, so HF weights map without
+transposes (see ``rajax.models.hf``).
+
+Entry points:
+  * ``init(config, key)`` -> params
+  * ``apply(config, params, input_ids, attention_mask, ...)`` -> ``Output(logits, values, cache)``
+  * ``init_cache(config, batch, max_len)`` -> an empty KV cache (a pytree carried by the sampler)
+
+Padding: position ids come from the attention mask (cumsum - 1), so a left- or right-padded row
+gives the logits of the unpadded sequence at its real tokens.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Params = dict[str, Any]
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class GPT2Config:
+    """Shape and numerics of a GPT-2. Hashable, so it can be a static jit argument."""
+
+    vocab_size: int = 50257
+    n_positions: int = 1024
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    layer_norm_epsilon: float = 1e-5
+    # GPT-2 uses one rate for embd/attn/resid dropout; applied only when a dropout key is given.
+    dropout: float = 0.1
+    # Compute dtype of matmuls; parameters stay float32, LayerNorm/softmax/log-softmax run in float32.
+    dtype: str = "float32"
+    # Rematerialise each block in the backward pass (trades compute for activation memory).
+    remat: bool = False
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def compute_dtype(self):
+        return _DTYPES[self.dtype]
+
+    def replace(self, **kw) -> "GPT2Config":
+        return dataclasses.replace(self, **kw)
+
+    @classmethod
+    def from_name(cls, name: str, **kw) -> "GPT2Config":
+        """The four OpenAI sizes: gpt2, gpt2-medium, gpt2-large, gpt2-xl."""
+        sizes = {
+            "gpt2": (768, 12, 12),
+            "gpt2-medium": (1024, 24, 16),
+            "gpt2-large": (1280, 36, 20),
+            "gpt2-xl": (1600, 48, 25),
+        }
+        if name not in sizes:
+            raise ValueError(f"unknown GPT-2 size {name!r}; choose one of {sorted(sizes)}")
+        e, l, h = sizes[name]
+        return cls(n_embd=e, n_layer=l, n_head=h, **kw)
+
+
+def _normal(std):
+    return nnx.initializers.normal(stddev=std)
+
+
+class Dense(nnx.Module):
+    """x @ kernel + bias with kernel (in, out), computed in ``dtype``."""
+
+    def __init__(self, din: int, dout: int, *, std: float = 0.02, rngs: nnx.Rngs):
+        self.kernel = nnx.Param(_normal(std)(rngs.params(), (din, dout), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((dout,), jnp.float32))
+
+    def __call__(self, x):
+        return x @ self.kernel[...].astype(x.dtype) + self.bias[...].astype(x.dtype)
+
+
+class LayerNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float):
+        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((dim,), jnp.float32))
+        self.eps = eps
+
+    def __call__(self, x):
+        # Statistics in float32 whatever the compute dtype.
+        xf = x.astype(jnp.float32)
+        mean = xf.mean(-1, keepdims=True)
+        var = jnp.square(xf - mean).mean(-1, keepdims=True)
+        y = (xf - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
+        return y.astype(x.dtype)
+
+
+class Embed(nnx.Module):
+    def __init__(self, num: int, dim: int, *, std: float, rngs: nnx.Rngs):
+        self.embedding = nnx.Param(_normal(std)(rngs.params(), (num, dim), jnp.float32))
+
+
+def _dropout(x, rate, key):
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def _split(key, n):
+    return [None] * n if key is None else list(jax.random.split(key, n))
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: GPT2Config, *, rngs: nnx.Rngs):
+        e = cfg.n_embd
+        self.c_attn = Dense(e, 3 * e, rngs=rngs)
+        # GPT-2 scales residual projections by 1/sqrt(2 * n_layer) at init.
+        self.c_proj = Dense(e, e, std=0.02 / (2 * cfg.n_layer) ** 0.5, rngs=rngs)
+        self.n_head = cfg.n_head
+        self.rate = cfg.dropout
+
+    def __call__(self, x, key_mask_BxTxS, kv, write_index, dropout_key):
+        b, t, e = x.shape
+        h, d = self.n_head, e // self.n_head
+        q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)
+        q, k, v = (a.reshape(b, t, h, d) for a in (q, k, v))
+        if kv is not None:
+            # Write this chunk's keys/values into the cache at [write_index, write_index + t).
+            k_cache, v_cache = kv
+            k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, write_index, 0, 0))
+            v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, write_index, 0, 0))
+            kv = (k, v)
+            k, v = k.astype(x.dtype), v.astype(x.dtype)
+        k1, k2 = _split(dropout_key, 2)
+        scores = jnp.einsum("bthd,bshd->bhts", q, k).astype(jnp.float32) * (d**-0.5)
+        scores = jnp.where(key_mask_BxTxS[:, None], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1)
+        probs = _dropout(probs, self.rate, k1).astype(x.dtype)
+        y = jnp.einsum("bhts,bshd->bthd", probs, v).reshape(b, t, e)
+        return _dropout(self.c_proj(y), self.rate, k2), kv
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: GPT2Config, *, rngs: nnx.Rngs):
+        e = cfg.n_embd
+        self.c_fc = Dense(e, 4 * e, rngs=rngs)
+        self.c_proj = Dense(4 * e, e, std=0.02 / (2 * cfg.n_layer) ** 0.5, rngs=rngs)
+        self.rate = cfg.dropout
+
+    def __call__(self, x, dropout_key):
+        # gelu_new = tanh approximation (jax's default).
+        return _dropout(self.c_proj(jax.nn.gelu(self.c_fc(x), approximate=True)), self.rate, dropout_key)
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: GPT2Config, *, rngs: nnx.Rngs):
+        self.ln_1 = LayerNorm(cfg.n_embd, cfg.layer_norm_epsilon)
+        self.attn = Attention(cfg, rngs=rngs)
+        self.ln_2 = LayerNorm(cfg.n_embd, cfg.layer_norm_epsilon)
+        self.mlp = MLP(cfg, rngs=rngs)
+
+    def __call__(self, x, key_mask, kv, write_index, dropout_key):
+        k1, k2 = _split(dropout_key, 2)
+        a, kv = self.attn(self.ln_1(x), key_mask, kv, write_index, k1)
+        x = x + a
+        x = x + self.mlp(self.ln_2(x), k2)
+        return x, kv
+
+
+class GPT2(nnx.Module):
+    """GPT-2 LM (LM head tied to ``wte``) plus TRL's value head on the final hidden state."""
+
+    def __init__(self, cfg: GPT2Config, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.wte = Embed(cfg.vocab_size, cfg.n_embd, std=0.02, rngs=rngs)
+        self.wpe = Embed(cfg.n_positions, cfg.n_embd, std=0.01, rngs=rngs)
+        self.h = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layer)])
+        self.ln_f = LayerNorm(cfg.n_embd, cfg.layer_norm_epsilon)
+        # TRL's ValueHead is nn.Linear(E, 1) with PyTorch's default init: U(-1/sqrt(E), 1/sqrt(E)).
+        bound = cfg.n_embd**-0.5
+        self.v_head = Dense(cfg.n_embd, 1, rngs=rngs)
+        self.v_head.kernel = nnx.Param(
+            jax.random.uniform(rngs.params(), (cfg.n_embd, 1), jnp.float32, -bound, bound))
+        self.v_head.bias = nnx.Param(jax.random.uniform(rngs.params(), (1,), jnp.float32, -bound, bound))
+
+    def __call__(self, input_ids, positions, key_mask, cache, write_index, dropout_key):
+        cfg = self.cfg
+        dt = cfg.compute_dtype
+        keys = _split(dropout_key, cfg.n_layer + 1)
+        x = self.wte.embedding[...][input_ids] + self.wpe.embedding[...][positions]
+        x = _dropout(x.astype(dt), cfg.dropout, keys[0])
+        new_k, new_v = [], []
+        for i, block in enumerate(self.h):
+            kv = None if cache is None else (cache["k"][i], cache["v"][i])
+            fn = block
+            if cfg.remat:
+                fn = nnx.remat(lambda blk, *a: blk(*a))
+                x, kv = fn(block, x, key_mask, kv, write_index, keys[i + 1])
+            else:
+                x, kv = fn(x, key_mask, kv, write_index, keys[i + 1])
+            if kv is not None:
+                new_k.append(kv[0])
+                new_v.append(kv[1])
+        hidden = self.ln_f(x)
+        logits = (hidden @ self.wte.embedding[...].astype(dt).T).astype(jnp.float32)
+        # Value head in float32 (TRL upcasts it); its dropout is irrelevant since passes are eval-mode.
+        values = self.v_head(hidden.astype(jnp.float32))[..., 0]
+        new_cache = None if cache is None else {"k": jnp.stack(new_k), "v": jnp.stack(new_v)}
+        return logits, values, hidden, new_cache
+
+
+class Output(NamedTuple):
+    logits: jax.Array  # [B, T, V] float32
+    values: jax.Array  # [B, T] float32
+    cache: dict | None  # updated KV cache, or None
+    hidden: jax.Array  # [B, T, E] final hidden state (after ln_f), compute dtype
+
+
+@functools.lru_cache(maxsize=None)
+def _graphdef(cfg: GPT2Config):
+    abstract = nnx.eval_shape(lambda: GPT2(cfg, rngs=nnx.Rngs(0)))
+    return nnx.split(abstract)[0]
+
+
+def init(cfg: GPT2Config, key: jax.Array) -> Params:
+    """Random GPT-2 parameters (GPT-2's init) as a plain nested dict."""
+    model = GPT2(cfg, rngs=nnx.Rngs(params=key))
+    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+def init_value_head(cfg: GPT2Config, key: jax.Array) -> Params:
+    """A fresh value head, U(-1/sqrt(E), 1/sqrt(E)) like PyTorch's nn.Linear default (TRL's)."""
+    bound = cfg.n_embd**-0.5
+    k1, k2 = jax.random.split(key)
+    return {
+        "kernel": jax.random.uniform(k1, (cfg.n_embd, 1), jnp.float32, -bound, bound),
+        "bias": jax.random.uniform(k2, (1,), jnp.float32, -bound, bound),
+    }
+
+
+def positions_from_mask(attention_mask: jax.Array, offset: jax.Array | int = 0) -> jax.Array:
+    """Position ids from a 0/1 mask: real tokens count 0, 1, 2, ...; pads get a harmless 0."""
+    pos = jnp.cumsum(attention_mask, axis=-1) - 1 + offset
+    return jnp.where(attention_mask > 0, pos, 0).astype(jnp.int32)
+
+
+def init_cache(cfg: GPT2Config, batch: int, max_len: int, dtype=None) -> dict:
+    """Empty KV cache: k/v [L, B, S, H, D], slot mask [B, S], write index (scalar)."""
+    dtype = dtype or cfg.compute_dtype
+    shape = (cfg.n_layer, batch, max_len, cfg.n_head, cfg.head_dim)
+    return {
+        "k": jnp.zeros(shape, dtype),
+        "v": jnp.zeros(shape, dtype),
+        "mask": jnp.zeros((batch, max_len), jnp.int32),
+        "index": jnp.zeros((), jnp.int32),
+    }
+
+
+def apply(
+    cfg: GPT2Config,
+    params: Params,
+    input_ids: jax.Array,
+    attention_mask: jax.Array | None = None,
+    *,
+    cache: dict | None = None,
+    dropout_key: jax.Array | None = None,
+) -> Output:
+    """Logits [B,T,V] (float32) and values [B,T] for ``input_ids`` [B,T].
+
+    Without a cache this is a full causal forward pass. With a cache (from ``init_cache``), the T
+    tokens are appended at ``cache['index']``; they attend to every earlier valid slot, and positions
+    continue from the number of real tokens already in the cache. ``dropout_key`` turns dropout on
+    (GPT-2's 0.1 on embeddings, attention probabilities and residual branches); None = eval mode.
+    """
+    b, t = input_ids.shape
+    if attention_mask is None:
+        attention_mask = jnp.ones((b, t), jnp.int32)
+    attention_mask = attention_mask.astype(jnp.int32)
+    model = nnx.merge(_graphdef(cfg), params)
+    if cache is None:
+        positions = positions_from_mask(attention_mask)
+        causal = jnp.tril(jnp.ones((t, t), bool))
+        key_mask = causal[None] & (attention_mask[:, None, :] > 0)
+        # A fully padded query row would softmax over nothing; let it see itself (output unused).
+        key_mask = key_mask | jnp.eye(t, dtype=bool)[None]
+        logits, values, hidden, _ = model(input_ids, positions, key_mask, None, 0, dropout_key)
+        return Output(logits, values, None, hidden)
+    index = cache["index"]
+    s = cache["mask"].shape[1]
+    seen = cache["mask"].sum(-1, keepdims=True)  # real tokens already cached, per row
+    positions = positions_from_mask(attention_mask, seen)
+    slot_mask = jax.lax.dynamic_update_slice(cache["mask"], attention_mask, (0, index))
+    slots = jnp.arange(s)[None, :]
+    query_slot = index + jnp.arange(t)[:, None]
+    key_mask = (slots <= query_slot)[None] & (slot_mask[:, None, :] > 0)
+    key_mask = key_mask | (slots == query_slot)[None]
+    logits, values, hidden, kv = model(input_ids, positions, key_mask, cache, index, dropout_key)
+    new_cache = {"k": kv["k"], "v": kv["v"], "mask": slot_mask, "index": index + t}
+    return Output(logits, values, new_cache, hidden)
+
+
+def logprobs_of(logits_BxTxV: jax.Array, tokens_BxT: jax.Array) -> jax.Array:
+    """log softmax(logits)[token], in float32."""
+    logp = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(logp, tokens_BxT[..., None], axis=-1)[..., 0]
+
+
+def num_params(params: Params) -> int:
+    return sum(int(x.size) for x in jax.tree.leaves(params))
