@@ -1,0 +1,104 @@
+"""Run outputs that are not checkpoints: metrics.jsonl, TensorBoard events, sample CSVs, curve plots."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import pathlib
+
+
+class MetricsWriter:
+    """Appends one JSON line per iteration to ``metrics.jsonl`` and mirrors scalars to TensorBoard.
+
+    On resume the JSONL is truncated to the iterations before the resumed one, so the file always
+    describes exactly one trajectory.
+    """
+
+    def __init__(self, out_dir: pathlib.Path, *, start_iteration: int = 0, tensorboard: bool = True):
+        self.path = pathlib.Path(out_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a kill mid-write
+                if rec.get("iteration", -1) < start_iteration:
+                    kept.append(line)
+        self.path.write_text("".join(k + "\n" for k in kept))
+        self._f = self.path.open("a")
+        self._tb = None
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(pathlib.Path(out_dir) / "tb"), purge_step=start_iteration)
+
+    def write(self, iteration: int, scalars: dict[str, float]) -> None:
+        rec = {"iteration": iteration, **{k: _num(v) for k, v in scalars.items()}}
+        self._f.write(json.dumps(rec) + "\n")
+        self._f.flush()
+        if self._tb is not None:
+            for k, v in scalars.items():
+                v = _num(v)
+                if v is not None:
+                    self._tb.add_scalar(k, v, iteration)
+
+    def close(self) -> None:
+        self._f.close()
+        if self._tb is not None:
+            self._tb.flush()
+            self._tb.close()
+
+
+def _num(v):
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def read_metrics(out_dir) -> list[dict]:
+    path = pathlib.Path(out_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_samples(path: pathlib.Path, prompts, responses, rewards, extra: dict | None = None) -> None:
+    """Sample generations of one iteration as CSV: prompt, response, reward (+ extra columns)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    extra = extra or {}
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["prompt", "response", "reward", *extra])
+        for i, (p, r, s) in enumerate(zip(prompts, responses, rewards)):
+            w.writerow([p, r, f"{float(s):.6g}", *(f"{float(v[i]):.6g}" for v in extra.values())])
+
+
+def plot_curves(out_dir, path=None) -> pathlib.Path:
+    """Training curves (reward, KL, beta, alpha') against iteration, as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = read_metrics(out_dir)
+    path = pathlib.Path(path or pathlib.Path(out_dir) / "curves.png")
+    panels = [
+        ("env/reward_mean", "reward (mean)"),
+        ("objective/kl", "KL"),
+        ("objective/kl_coef", "β (KL coefficient)"),
+        ("risk/alpha_prime", "α′ (episodes kept)"),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    its = [r["iteration"] for r in recs]
+    for ax, (key, title) in zip(axes, panels):
+        ys = [r.get(key) for r in recs]
+        ax.plot(its, [float("nan") if y is None else y for y in ys], lw=1.5)
+        if key == "env/reward_mean" and any("env/reward_cvar" in r for r in recs):
+            ax.plot(its, [r.get("env/reward_cvar", float("nan")) for r in recs], lw=1, label="CVaR")
+            ax.legend(fontsize=8)
+        ax.set_title(title)
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
