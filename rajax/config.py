@@ -1,0 +1,521 @@
+"""Run configuration: a tree of frozen dataclasses, loaded from a task preset + user YAML + overrides.
+
+Spec references (``/work/shared/docs/ra-rlhf-spec.md``): §2 (PPO hyper-parameters actually used),
+§3 (per-task values), §1.3 (soft-risk α / n / ρ / M), §4.1-4.2 (evaluation test sets, tails,
+perplexity texts). The task presets live in the repository's ``configs/<task>.yaml``.
+
+Resolution order (later wins)::
+
+    dataclass defaults  <  configs/<task>.yaml (or a YAML path)  <  user YAML  <  dotted overrides
+
+Overrides are ``"section.field=value"`` strings (``ppo.learning_rate=2e-5``, ``risk.M=null``,
+``eval.cvar_alphas=[0.1,0.2]``) or a dict ``{"ppo.learning_rate": 2e-5}``. Every value, from YAML or
+from a string, is coerced to the field's declared type, so ``"2e-5"`` (which PyYAML reads as a
+string) becomes a float, ``"null"`` becomes ``None`` and ``"true"`` becomes ``True``. Unknown keys
+and out-of-range values raise a one-line ``ValueError`` that says what to fix.
+
+The config is frozen and hashable (tuples, not lists), so parts of it can be static jit arguments.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+import types
+import typing
+from typing import Any, Mapping
+
+import yaml
+
+from rajax.ppo import PPOConfig
+
+# Enumerations checked by validate(). The PPO ones come from rajax.ppo.PPOConfig itself.
+DTYPES = ("float32", "bfloat16")
+REWARD_KINDS = ("toxic", "positive")
+DATA_SOURCES = ("imdb", "jigsaw", "rtp", "synthetic", "file")
+MIN_LENGTH_MODES = ("trl", "new_tokens")
+SCHEDULERS = ("new", "old")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Policy / reference / tokenizer sources (spec §2.3: policy and reference = the task's SFT model)."""
+
+    policy: str = "gpt2"  # hub id or local dir; the paper starts from the task's SFT checkpoint
+    ref_policy: str | None = None  # None = same as policy
+    tokenizer: str | None = None  # None = the policy's directory / id
+    dtype: str = "float32"  # compute dtype: float32 | bfloat16
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardConfig:
+    """The frozen reward classifier (spec §3: raw logits; toxic = -logit('toxic'), positive = +logit('POSITIVE'))."""
+
+    model: str = "unitary/toxic-bert"
+    kind: str = "toxic"  # toxic | positive
+    label: str | None = None  # override the label name
+    index: int | None = None  # override the label index
+    sign: int | None = None  # override the sign (+1 / -1)
+    max_length: int | None = None  # classifier truncation (None = the tokenizer's maximum)
+    # Decode prompts (and responses) with transformers-4's `clean_up_tokenization` (" ." -> ".",
+    # " 's" -> "'s", ...), which the paper's transformers applied by default and v5 no longer does.
+    # Checked: with it, 99.09% of the Jigsaw-Gen 8-token prompts are prefixes of their comment,
+    # the spec's 99.1% for the paper's prompts (§6.1); without it 99.81%.
+    clean_up_spaces: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the prompts come from (spec §3; see docs/tasks.md)."""
+
+    source: str = "rtp"  # imdb | jigsaw | rtp | synthetic | file
+    path: str | None = None  # local file/dir or hub dataset id (jigsaw: the Kaggle CSV dir)
+    test_path: str | None = None  # local test file (jigsaw: the jigsaw_gen_test.csv format)
+    text_column: str | None = None  # for source=file (None = "text")
+    label_column: str | None = None  # for source=file (optional)
+    revision: str | None = None  # hub dataset revision
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationConfig:
+    """Rollout sampling (spec §3: top_k 0, top_p 1, T=1; quirk #12 for min_length)."""
+
+    prompt_tokens: int = 32  # P: prompt = decode(encode(text)[:P])
+    max_new_tokens: int = 32
+    min_length: int = 32  # HF's *total* min_length, see min_length_mode
+    min_length_mode: str = "trl"  # trl: max(0, min_length - longest prompt of each group of 4) | new_tokens
+    top_k: int = 0
+    top_p: float = 1.0
+    temperature: float = 1.0
+    rollout_dropout: bool = False  # quirk #10: sample with dropout from iteration 1 on
+
+
+@dataclasses.dataclass(frozen=True)
+class RiskConfig:
+    """Soft-risk schedule (spec §1.3). alpha = 1.0 is the RLHF baseline (no risk mask)."""
+
+    alpha: float = 0.2
+    n: int = 30
+    rho: float = 0.95
+    M: int | None = None  # None = the number of iterations of the run
+    scheduler: str = "new"  # new | old
+
+
+@dataclasses.dataclass(frozen=True)
+class KLConfig:
+    """TRL's adaptive KL controller (spec §1.6, §2.1)."""
+
+    adaptive: bool = True
+    init_coef: float = 0.2
+    target: float = 6.0
+    horizon: int = 10000
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The PPO loop (spec §1.2, quirk #15: one pass, drop_last)."""
+
+    batch_size: int = 128
+    seed: int = 4
+    iterations: int | None = None  # None = one pass over the train prompts, N // batch_size
+    log_every: int = 1
+    sample_every: int = 50  # write sample generations every N iterations (0 = never)
+    checkpoint_every: int = 50  # 0 = only at the end
+    keep_checkpoints: int = 3
+    eval_at_end: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation (spec §4.1 test sets and tails, §4.2 perplexity texts)."""
+
+    tail_threshold: float = 5.0
+    tail_inclusive: bool = False  # True: prompt_score <= threshold; False: <
+    test_size: int | None = None  # None = the whole test set
+    cvar_alphas: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4)
+    ppl_num_texts: int | None = 1000  # None = all perplexity texts of the task
+    ppl_max_chars: int | None = 1000  # each perplexity text is cut to this many characters
+    batch_size: int = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A whole run. Sections are frozen dataclasses; ``ppo`` is ``rajax.ppo.PPOConfig``."""
+
+    task: str = "rtp"
+    model: ModelConfig = ModelConfig()
+    reward: RewardConfig = RewardConfig()
+    data: DataConfig = DataConfig()
+    generation: GenerationConfig = GenerationConfig()
+    ppo: PPOConfig = PPOConfig()
+    risk: RiskConfig = RiskConfig()
+    kl: KLConfig = KLConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+# Section name -> dataclass (``from __future__ import annotations`` makes ``Field.type`` a string).
+SECTIONS: dict[str, type] = {n: t for n, t in typing.get_type_hints(Config).items() if n != "task"}
+
+
+# ------------------------------------------------------------------------------------------------
+# Coercion of YAML / string values to the declared field types
+# ------------------------------------------------------------------------------------------------
+_NULLS = ("null", "none", "~", "")
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value, tp, key: str):
+    """``value`` (from YAML or an override string) as type ``tp``; one-line ValueError otherwise."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.strip().lower() in _NULLS):
+            if type(None) in args:
+                return None
+        if value is None:
+            raise ValueError(f"{key}: null is not allowed; give a {_type_name(tp)}")
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ValueError as e:
+                errors.append(str(e))
+        raise ValueError(errors[0] if errors else f"{key}: cannot use {value!r}")
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip() else []
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key}: expected a list, got {value!r}")
+        elem = args[0] if args else Any
+        return tuple(_coerce(v, elem, f"{key}[{i}]") for i, v in enumerate(value))
+    if value is None:
+        raise ValueError(f"{key}: null is not allowed; give a {_type_name(tp)}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
+        raise ValueError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ValueError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, str):
+            s = value.strip()
+            try:
+                return int(s)
+            except ValueError:
+                try:
+                    value = float(s)
+                except ValueError:
+                    raise ValueError(f"{key}: expected an integer, got {value!r}") from None
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, int):
+            return value
+        raise ValueError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ValueError(f"{key}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                raise ValueError(f"{key}: expected a number, got {value!r}") from None
+        raise ValueError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # e.g. a revision hash YAML read as a number
+        raise ValueError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+# ------------------------------------------------------------------------------------------------
+# dict <-> Config
+# ------------------------------------------------------------------------------------------------
+def _build_section(cls, d: Mapping, section: str):
+    if not isinstance(d, Mapping):
+        raise ValueError(f"config section '{section}' must be a mapping, got {d!r}")
+    ftypes = _field_types(cls)
+    for k in d:
+        if k not in ftypes:
+            raise ValueError(f"unknown config key '{section}.{k}'; valid keys in '{section}': "
+                             f"{', '.join(ftypes)}")
+    kw = {k: _coerce(v, ftypes[k], f"{section}.{k}") for k, v in d.items()}
+    try:
+        return cls(**kw)
+    except ValueError as e:  # PPOConfig.__post_init__ checks its own values
+        raise ValueError(f"{section}: {str(e).splitlines()[0]}") from None
+
+
+def from_dict(d: Mapping | None) -> Config:
+    """A ``Config`` from a nested mapping (e.g. a YAML file); missing keys take the defaults."""
+    d = dict(d or {})
+    valid = ["task", *SECTIONS]
+    for k in d:
+        if k not in valid:
+            raise ValueError(f"unknown config section '{k}'; valid sections: {', '.join(valid)}")
+    kw = {}
+    if "task" in d:
+        kw["task"] = _coerce(d["task"], str, "task")
+    for name, cls in SECTIONS.items():
+        if name in d and d[name] is not None:
+            kw[name] = _build_section(cls, d[name], name)
+    return Config(**kw)
+
+
+def to_dict(cfg: Config) -> dict:
+    """Plain nested dict (tuples as lists) of a ``Config``: what ``dump_yaml`` writes."""
+
+    def conv(x):
+        if dataclasses.is_dataclass(x) and not isinstance(x, type):
+            return {f.name: conv(getattr(x, f.name)) for f in dataclasses.fields(x)}
+        if isinstance(x, (tuple, list)):
+            return [conv(v) for v in x]
+        return x
+
+    return conv(cfg)
+
+
+def dump_yaml(cfg: Config, path=None) -> str:
+    """The resolved config as YAML text; also written to ``path`` when given (saved with every run)."""
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
+    if path is not None:
+        p = pathlib.Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+    return text
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading
+# ------------------------------------------------------------------------------------------------
+def preset_dir() -> pathlib.Path:
+    """The repository's ``configs/`` directory (next to the ``rajax`` package)."""
+    return pathlib.Path(__file__).resolve().parent.parent / "configs"
+
+
+def list_presets() -> list[str]:
+    d = preset_dir()
+    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+
+
+def _read_yaml(path, what: str) -> dict:
+    p = pathlib.Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} {str(path)!r}: no such file")
+    try:
+        d = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{what} {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if d is None:
+        return {}
+    if not isinstance(d, dict):
+        raise ValueError(f"{what} {str(path)!r} must hold a mapping of config sections, got {type(d).__name__}")
+    return d
+
+
+def _merge(base: dict, extra: Mapping) -> dict:
+    """Deep merge of nested mappings: ``extra`` wins; a section given as a mapping merges field by field."""
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _merge(dict(out[k]), v)
+        else:
+            out[k] = v
+    return out
+
+
+def _override_items(overrides) -> list[tuple[str, Any]]:
+    if overrides is None:
+        return []
+    if isinstance(overrides, Mapping):
+        return list(overrides.items())
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    items = []
+    for o in overrides:
+        if not isinstance(o, str) or "=" not in o:
+            raise ValueError(f"override {o!r} must look like section.key=value (e.g. ppo.learning_rate=2e-5)")
+        k, v = o.split("=", 1)
+        items.append((k.strip(), v))
+    return items
+
+
+def apply_overrides(d: dict, overrides) -> dict:
+    """``d`` (a nested config mapping) with dotted overrides applied; unknown keys raise."""
+    out = _merge({}, d)
+    for key, value in _override_items(overrides):
+        parts = key.split(".")
+        if parts[0] == "task" and len(parts) == 1:
+            out["task"] = value
+            continue
+        if parts[0] not in SECTIONS:
+            raise ValueError(f"unknown config section '{parts[0]}' in override {key!r}; valid sections: "
+                             f"task, {', '.join(SECTIONS)}")
+        if len(parts) == 1 and isinstance(value, Mapping):
+            out[parts[0]] = _merge(dict(out.get(parts[0]) or {}), value)
+            continue
+        if len(parts) != 2:
+            raise ValueError(f"override key {key!r} must be section.field (e.g. ppo.learning_rate)")
+        section, field = parts
+        valid = _field_types(SECTIONS[section])
+        if field not in valid:
+            raise ValueError(f"unknown config key '{key}'; valid keys in '{section}': {', '.join(valid)}")
+        out.setdefault(section, {})
+        out[section] = dict(out[section] or {})
+        out[section][field] = value
+    return out
+
+
+def load_config(task_or_path, user_yaml=None, overrides=(), *, check: bool = True) -> Config:
+    """Resolve a run config: preset (task name, YAML path, or a ``Config``) < user YAML < overrides.
+
+    ``task_or_path``: ``"imdb" | "jigsaw" | "rtp" | "synthetic"`` (``configs/<name>.yaml``), a path to
+    a YAML file, or an existing ``Config``. ``overrides``: ``["ppo.learning_rate=2e-5", ...]`` or a
+    dict with dotted keys. Validates with ``validate(cfg)`` unless ``check=False`` (the trainer
+    validates again with the real device count).
+    """
+    if isinstance(task_or_path, Config):
+        base = to_dict(task_or_path)
+    else:
+        name = str(task_or_path)
+        p = pathlib.Path(name).expanduser()
+        if name.endswith((".yaml", ".yml")) or p.is_file() or "/" in name:
+            base = _read_yaml(p, "config file")
+        else:
+            preset = preset_dir() / f"{name}.yaml"
+            if not preset.is_file():
+                raise ValueError(f"unknown task {name!r}: no preset {preset}; choose one of "
+                                 f"{', '.join(list_presets()) or '(none found)'} or pass a YAML path")
+            base = _read_yaml(preset, "preset")
+    if user_yaml:
+        base = _merge(base, _read_yaml(user_yaml, "--config"))
+    base = apply_overrides(base, overrides)
+    cfg = from_dict(base)
+    if check:
+        validate(cfg)
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------------
+# Validation
+# ------------------------------------------------------------------------------------------------
+def _choice(value, choices, key):
+    if value not in choices:
+        raise ValueError(f"{key}={value!r} is not valid; choose one of {', '.join(map(str, choices))}")
+
+
+def _check(ok: bool, msg: str):
+    if not ok:
+        raise ValueError(msg)
+
+
+def validate(cfg: Config, num_devices: int = 1) -> Config:
+    """Range and enum checks; one-line ``ValueError`` naming the key and the fix. Returns ``cfg``.
+
+    ``num_devices``: the data-parallel device count; the batch sizes must be multiples of it.
+    """
+    from rajax import kl as kl_lib
+    from rajax import ppo as ppo_lib
+    from rajax import risk as risk_lib
+
+    _check(isinstance(cfg.task, str) and bool(cfg.task.strip()), "task must be a non-empty name")
+    m, r, d, g, p, rk, k, t, e = (cfg.model, cfg.reward, cfg.data, cfg.generation, cfg.ppo, cfg.risk,
+                                  cfg.kl, cfg.train, cfg.eval)
+    _check(bool(m.policy), "model.policy is empty; pass --policy (a hub id or a local checkpoint dir)")
+    _choice(m.dtype, DTYPES, "model.dtype")
+    _check(bool(r.model), "reward.model is empty; pass --reward-model")
+    _choice(r.kind, REWARD_KINDS, "reward.kind")
+    _check(r.sign in (None, 1, -1), f"reward.sign={r.sign} must be 1, -1 or null")
+    _check(r.index is None or r.index >= 0, f"reward.index={r.index} must be >= 0 or null")
+    _check(r.max_length is None or r.max_length >= 1, f"reward.max_length={r.max_length} must be >= 1 or null")
+    _choice(d.source, DATA_SOURCES, "data.source")
+    if d.source == "file":
+        _check(bool(d.path), "data.source=file needs data.path: pass --data FILE (csv, jsonl or parquet)")
+    _check(g.prompt_tokens >= 1, f"generation.prompt_tokens={g.prompt_tokens} must be >= 1")
+    _check(g.max_new_tokens >= 1, f"generation.max_new_tokens={g.max_new_tokens} must be >= 1")
+    _check(g.min_length >= 0, f"generation.min_length={g.min_length} must be >= 0")
+    _choice(g.min_length_mode, MIN_LENGTH_MODES, "generation.min_length_mode")
+    _check(g.top_k >= 0, f"generation.top_k={g.top_k} must be >= 0 (0 = off)")
+    _check(0.0 < g.top_p <= 1.0, f"generation.top_p={g.top_p} must be in (0, 1]")
+    _check(g.temperature > 0, f"generation.temperature={g.temperature} must be > 0")
+    # ppo (PPOConfig checks its enums and basic signs itself; repeat them here for direct callers)
+    _choice(p.kl_penalty, ppo_lib.KL_PENALTIES, "ppo.kl_penalty")
+    _choice(p.risk_stat, risk_lib.EPISODE_STATS, "ppo.risk_stat")
+    _choice(p.kl_stat, kl_lib.KL_STATS, "ppo.kl_stat")
+    _check(p.learning_rate > 0, f"ppo.learning_rate={p.learning_rate} must be > 0")
+    _check(p.ppo_epochs >= 1, f"ppo.ppo_epochs={p.ppo_epochs} must be >= 1")
+    _check(p.mini_batch_size >= 1, f"ppo.mini_batch_size={p.mini_batch_size} must be >= 1")
+    _check(0.0 <= p.gamma <= 1.0, f"ppo.gamma={p.gamma} must be in [0, 1]")
+    _check(0.0 <= p.lam <= 1.0, f"ppo.lam={p.lam} must be in [0, 1]")
+    _check(p.cliprange > 0 and p.cliprange_value > 0, "ppo.cliprange and ppo.cliprange_value must be > 0")
+    _check(p.vf_coef >= 0, f"ppo.vf_coef={p.vf_coef} must be >= 0")
+    _check(p.ratio_threshold > 0, f"ppo.ratio_threshold={p.ratio_threshold} must be > 0")
+    _check(p.max_grad_norm is None or p.max_grad_norm > 0, f"ppo.max_grad_norm={p.max_grad_norm} must be > 0 or null")
+    _check(0.0 <= p.adam_b1 < 1.0 and 0.0 <= p.adam_b2 < 1.0, "ppo.adam_b1 and ppo.adam_b2 must be in [0, 1)")
+    _check(p.adam_eps > 0, f"ppo.adam_eps={p.adam_eps} must be > 0")
+    # risk (spec §1.3)
+    _check(0.0 < rk.alpha <= 1.0, f"risk.alpha={rk.alpha} must be in (0, 1] (1.0 = the RLHF baseline)")
+    _check(0.0 < rk.rho <= 1.0, f"risk.rho={rk.rho} must be in (0, 1]")
+    _check(rk.n >= 0, f"risk.n={rk.n} must be >= 0")
+    _check(rk.M is None or rk.M >= 1, f"risk.M={rk.M} must be >= 1 or null (= the run's iterations)")
+    if rk.M is not None and rk.alpha < 1.0:
+        _check(rk.n < rk.M, f"risk.n={rk.n} must be < risk.M={rk.M}; lower --risk-n or raise --risk-M")
+    _choice(rk.scheduler, SCHEDULERS, "risk.scheduler")
+    # kl
+    _check(k.init_coef >= 0, f"kl.init_coef={k.init_coef} must be >= 0")
+    _check(k.target > 0, f"kl.target={k.target} must be > 0")
+    _check(k.horizon > 0, f"kl.horizon={k.horizon} must be > 0")
+    # train
+    _check(num_devices >= 1, f"num_devices={num_devices} must be >= 1")
+    _check(t.batch_size >= 1, f"train.batch_size={t.batch_size} must be >= 1")
+    _check(t.batch_size % num_devices == 0,
+           f"train.batch_size={t.batch_size} must be a multiple of the {num_devices} devices")
+    _check(t.batch_size % p.mini_batch_size == 0,
+           f"ppo.mini_batch_size={p.mini_batch_size} must divide train.batch_size={t.batch_size}")
+    _check(p.mini_batch_size % num_devices == 0,
+           f"ppo.mini_batch_size={p.mini_batch_size} must be a multiple of the {num_devices} devices")
+    _check(t.iterations is None or t.iterations >= 1, f"train.iterations={t.iterations} must be >= 1 or null")
+    _check(t.log_every >= 1, f"train.log_every={t.log_every} must be >= 1")
+    _check(t.sample_every >= 0, f"train.sample_every={t.sample_every} must be >= 0 (0 = never)")
+    _check(t.checkpoint_every >= 0, f"train.checkpoint_every={t.checkpoint_every} must be >= 0")
+    _check(t.keep_checkpoints >= 1, f"train.keep_checkpoints={t.keep_checkpoints} must be >= 1")
+    # eval
+    _check(math.isfinite(e.tail_threshold), f"eval.tail_threshold={e.tail_threshold} must be finite")
+    _check(e.test_size is None or e.test_size >= 1, f"eval.test_size={e.test_size} must be >= 1 or null")
+    for a in e.cvar_alphas:
+        _check(0.0 < a <= 1.0, f"eval.cvar_alphas has {a}; each must be in (0, 1]")
+    _check(e.ppl_num_texts is None or e.ppl_num_texts >= 0, f"eval.ppl_num_texts={e.ppl_num_texts} must be >= 0")
+    _check(e.ppl_max_chars is None or e.ppl_max_chars >= 1, f"eval.ppl_max_chars={e.ppl_max_chars} must be >= 1")
+    _check(e.batch_size >= 1, f"eval.batch_size={e.batch_size} must be >= 1")
+    _check(e.batch_size % num_devices == 0,
+           f"eval.batch_size={e.batch_size} must be a multiple of the {num_devices} devices")
+    return cfg
+
+
+__all__ = [
+    "Config", "ModelConfig", "RewardConfig", "DataConfig", "GenerationConfig", "PPOConfig", "RiskConfig",
+    "KLConfig", "TrainConfig", "EvalConfig", "load_config", "validate", "from_dict", "to_dict", "dump_yaml",
+    "apply_overrides", "preset_dir", "list_presets",
+]
