@@ -71,6 +71,9 @@ class BertConfig:
     act: str = "gelu"
 
     def __post_init__(self):
+        if self.arch == "distilbert" and self.type_vocab_size != 0:
+            # DistilBERT has no token types; normalise so equal models have equal (hashable) configs.
+            object.__setattr__(self, "type_vocab_size", 0)
         if self.arch not in ("bert", "distilbert"):
             raise ValueError(f"BertConfig.arch must be 'bert' or 'distilbert', got {self.arch!r}")
         if self.dtype not in _DTYPES:
@@ -343,6 +346,11 @@ def _canonical(name: str) -> str:
 def params_from_state_dict(cfg: BertConfig, tensors: dict[str, np.ndarray]) -> Params:
     """Map a transformers ``*ForSequenceClassification`` state dict (numpy arrays) to our params."""
     tensors = {_canonical(k): v for k, v in tensors.items()}
+    prefix = cfg.arch + "."
+    if not any(k.startswith(prefix) for k in tensors):
+        # A bare encoder state dict (no "bert."/"distilbert." prefix): the head keys keep their names.
+        heads = {h for h, _, _ in _HEAD_MAP[cfg.arch]}
+        tensors = {k if k.split(".")[0] in heads else prefix + k: v for k, v in tensors.items()}
     params: dict = {}
     missing = []
     for hf, path, transpose in _hf_names(cfg):

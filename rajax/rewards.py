@@ -1,0 +1,231 @@
+"""Reward functions: a frozen text classifier (or any Python function) scoring prompt + response.
+
+Spec §3: the original code calls a transformers ``pipeline`` with ``function_to_apply="none"``, so a
+reward is a **raw logit** of one label, and the scored text is ``query + response`` where the response
+is decoded **with** special tokens (quirk #13: an EOS-terminated response ends in "<|endoftext|>").
+
+* IMDB-Gen:        ``lvwerra/distilbert-imdb``, reward = +logit("POSITIVE")   (``distilbert_imdb``)
+* Jigsaw/RTP-Gen:  ``unitary/toxic-bert``,      reward = −logit("toxic")      (``toxic_bert``)
+
+Both kinds of reward implement the ``Reward`` protocol: ``score_texts(texts)`` and
+``__call__(prompts, responses)``, returning float32 numpy arrays.
+
+Shapes are bucketed so the jitted classifier compiles once per (rows, bucket) pair and never again
+during training: every chunk of texts is right-padded to the smallest length bucket that fits its
+longest text and to a fixed row count.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Protocol, Sequence, runtime_checkable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rajax.models import bert
+
+
+@runtime_checkable
+class Reward(Protocol):
+    """Anything that scores texts: ``RewardModel`` and ``PythonReward`` both satisfy it."""
+
+    def score_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """One float32 score per text."""
+        ...
+
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        """Scores of ``prompt + response`` (string concatenation, as the original code)."""
+        ...
+
+
+def _concat(prompts: Sequence[str], responses: Sequence[str]) -> list[str]:
+    if len(prompts) != len(responses):
+        raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses; they must pair up")
+    return [p + r for p, r in zip(prompts, responses)]
+
+
+class RewardModel:
+    """A BERT/DistilBERT classifier as a reward: ``sign * logit[index]`` of prompt + response.
+
+    Build it with ``load_reward_model`` (or the presets ``toxic_bert``/``distilbert_imdb``).
+    Attributes: ``cfg``, ``params`` (on device), ``labels``, ``index``, ``label``, ``sign``,
+    ``tokenizer``, ``max_length`` (truncation length), ``buckets``, ``batch_size``, and ``fn``, the
+    jitted ``(params, ids [R, L], mask [R, L]) -> logits [R, num_labels]``.
+    """
+
+    def __init__(self, cfg: bert.BertConfig, params, labels: list[str], tokenizer, *, index: int,
+                 sign: float = 1.0, max_length: int | None = None,
+                 buckets: Sequence[int] = (32, 64, 128, 256, 512), batch_size: int | None = None):
+        if sign not in (1, -1, 1.0, -1.0):
+            raise ValueError(f"sign must be +1 or -1, got {sign!r}")
+        if not 0 <= index < cfg.num_labels:
+            raise ValueError(f"label index {index} out of range for labels {labels}")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+        self.cfg, self.labels, self.tokenizer = cfg, list(labels), tokenizer
+        self.index, self.label, self.sign = int(index), labels[index], float(sign)
+        # Truncate like `pipeline(..., truncation=True)`: at the tokenizer's model_max_length, which
+        # unconfigured tokenizers leave at ~1e30, so cap it by the position table.
+        limit = min(int(getattr(tokenizer, "model_max_length", cfg.max_position) or cfg.max_position),
+                    cfg.max_position)
+        if max_length is not None:
+            if max_length < 2:
+                raise ValueError(f"max_length must be >= 2 (room for [CLS] and [SEP]), got {max_length}")
+            limit = min(limit, int(max_length))
+        self.max_length = limit
+        bs = sorted({int(b) for b in buckets if 0 < int(b) < limit})
+        self.buckets = tuple(bs + [limit])
+        self.batch_size = batch_size
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.params = jax.device_put(params)
+        self.fn = jax.jit(lambda p, ids, mask: bert.apply(cfg, p, ids, mask))
+
+    # ---------------------------------------------------------------------------------- internals
+
+    def _rows(self, n: int) -> int:
+        """Row count of one compiled chunk: ``batch_size``, else the next power of two >= n (min 8)."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return max(8, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
+
+    def encode(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray, int]]:
+        """Tokenize and pad into chunks: ``[(ids [R, L], mask [R, L], n_real_rows), ...]``.
+
+        L is the smallest bucket that holds the chunk's longest (truncated) text; R is fixed
+        (``batch_size`` or the next power of two of the whole call), padding rows are all-[PAD].
+        """
+        texts = list(texts)
+        if not all(isinstance(t, str) for t in texts):
+            raise ValueError("reward texts must be strings (decode token ids before scoring)")
+        enc = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=False,
+                             return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        rows = self._rows(len(texts))
+        out = []
+        for s in range(0, len(texts), rows):
+            chunk = enc[s:s + rows]
+            longest = max(len(x) for x in chunk)
+            width = next(b for b in self.buckets if b >= longest)
+            ids = np.full((rows, width), self.pad_id, np.int32)
+            mask = np.zeros((rows, width), np.int32)
+            mask[len(chunk):, 0] = 1  # padding rows attend to one token, so they stay finite
+            for i, x in enumerate(chunk):
+                ids[i, :len(x)] = x
+                mask[i, :len(x)] = 1
+            out.append((ids, mask, len(chunk)))
+        return out
+
+    # ------------------------------------------------------------------------------------ public
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        """All raw label logits [n, num_labels] (float32), in ``labels`` order."""
+        if len(texts) == 0:
+            return np.zeros((0, self.cfg.num_labels), np.float32)
+        outs = [np.asarray(self.fn(self.params, ids, mask))[:n] for ids, mask, n in self.encode(texts)]
+        return np.concatenate(outs).astype(np.float32)
+
+    def score_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """``sign * logit[label]`` per text, float32 [n]."""
+        return (self.sign * self.logits(texts)[:, self.index]).astype(np.float32)
+
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        """Reward of each ``prompt + response`` (the original ``batch["query"][i] + batch["response"][i]``)."""
+        return self.score_texts(_concat(prompts, responses))
+
+    def __repr__(self):
+        return (f"RewardModel({self.cfg.arch}, label={self.label!r} (index {self.index}), sign={self.sign:+g}, "
+                f"max_length={self.max_length}, buckets={self.buckets})")
+
+
+def _label_index(labels: list[str], label: str | None, index: int | None) -> int:
+    if index is not None:
+        if not 0 <= int(index) < len(labels):
+            raise ValueError(f"index {index} out of range: the checkpoint's labels are {labels}")
+        return int(index)
+    if label is None:
+        if len(labels) == 1:
+            return 0
+        raise ValueError(f"choose a label (label=... or index=...): the checkpoint's labels are {labels}")
+    hits = [i for i, l in enumerate(labels) if l.lower() == str(label).lower()]
+    if not hits:
+        raise ValueError(f"label {label!r} is not one of the checkpoint's labels {labels}")
+    return hits[0]
+
+
+def load_reward_model(name_or_path: str, *, label: str | None = None, index: int | None = None,
+                      sign: int = 1, max_length: int | None = None,
+                      buckets: Sequence[int] = (32, 64, 128, 256, 512), batch_size: int | None = None,
+                      dtype: str = "float32", what: str = "--reward-model") -> RewardModel:
+    """Load a BERT/DistilBERT classifier checkpoint (local dir or hub id) as a ``RewardModel``.
+
+    The reward is ``sign * logit`` of the label named ``label`` (case-insensitive, from the
+    checkpoint's ``id2label``) or at ``index`` (which wins over ``label``). ``dtype`` is the compute
+    dtype ("float32" matches the PyTorch reference; "bfloat16" is faster on GPU).
+    """
+    cfg, params, labels, tok = bert.load_classifier(name_or_path, what=what)
+    idx = _label_index(labels, label, index)
+    return RewardModel(cfg.replace(dtype=dtype), params, labels, tok, index=idx, sign=sign,
+                       max_length=max_length, buckets=buckets, batch_size=batch_size)
+
+
+def toxic_bert(path: str = "unitary/toxic-bert", **kw) -> RewardModel:
+    """Jigsaw/RTP reward: −logit("toxic") of unitary/toxic-bert (higher = less toxic), spec §3.2."""
+    return load_reward_model(path, label="toxic", sign=-1, **kw)
+
+
+def distilbert_imdb(path: str = "lvwerra/distilbert-imdb", **kw) -> RewardModel:
+    """IMDB reward: +logit("POSITIVE") of lvwerra/distilbert-imdb, spec §3.1."""
+    return load_reward_model(path, label="POSITIVE", sign=+1, **kw)
+
+
+_TASKS = {"toxic": toxic_bert, "positive": distilbert_imdb}
+
+
+def reward_for_task(kind: str, path: str | None = None, **kw) -> RewardModel:
+    """``kind="toxic"`` → ``toxic_bert(path)``; ``kind="positive"`` → ``distilbert_imdb(path)``.
+    ``path=None`` uses the preset's hub id."""
+    if kind not in _TASKS:
+        raise ValueError(f"unknown reward kind {kind!r}; choose one of {sorted(_TASKS)}")
+    return _TASKS[kind](**kw) if path is None else _TASKS[kind](path, **kw)
+
+
+class PythonReward:
+    """A user Python function as a reward, with the same interface as ``RewardModel``.
+
+    ``fn`` maps one text to a number (``batched=False``) or a list of texts to a list of numbers
+    (``batched=True``). Every score must be finite. Example — reward responses that mention "great"::
+
+        from rajax.rewards import PythonReward
+        reward = PythonReward(lambda text: float(text.lower().count("great")))
+        reward(["The movie was"], [" great, just great."])   # -> array([2.], dtype=float32)
+    """
+
+    def __init__(self, fn: Callable, batched: bool = False):
+        if not callable(fn):
+            raise ValueError(f"PythonReward needs a callable, got {type(fn).__name__}")
+        self.fn, self.batched = fn, bool(batched)
+
+    def score_texts(self, texts: Sequence[str]) -> np.ndarray:
+        texts = list(texts)
+        if self.batched:
+            raw = list(self.fn(texts))
+            if len(raw) != len(texts):
+                raise ValueError(f"batched reward function returned {len(raw)} scores for {len(texts)} texts")
+        else:
+            raw = [self.fn(t) for t in texts]
+        try:
+            out = np.asarray([float(x) for x in raw], np.float64)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"reward function must return numbers: {e}") from None
+        bad = np.flatnonzero(~np.isfinite(out))
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(f"reward function returned {out[i]} for text {i} ({texts[i][:40]!r}); "
+                             "scores must be finite")
+        return out.astype(np.float32)
+
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        return self.score_texts(_concat(prompts, responses))
+
+    def __repr__(self):
+        return f"PythonReward({getattr(self.fn, '__name__', self.fn)!r}, batched={self.batched})"
