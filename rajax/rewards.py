@@ -16,11 +16,11 @@ longest text and to a fixed row count.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from rajax.models import bert
@@ -39,6 +39,13 @@ class Reward(Protocol):
         ...
 
 
+@functools.lru_cache(maxsize=None)
+def _classifier_fn(cfg: bert.BertConfig):
+    """One jitted classifier per config, shared by every RewardModel of that shape (no recompiles
+    when the same reward model is loaded twice, e.g. for training and evaluation)."""
+    return jax.jit(functools.partial(bert.apply, cfg))
+
+
 def _concat(prompts: Sequence[str], responses: Sequence[str]) -> list[str]:
     if len(prompts) != len(responses):
         raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses; they must pair up")
@@ -51,7 +58,8 @@ class RewardModel:
     Build it with ``load_reward_model`` (or the presets ``toxic_bert``/``distilbert_imdb``).
     Attributes: ``cfg``, ``params`` (on device), ``labels``, ``index``, ``label``, ``sign``,
     ``tokenizer``, ``max_length`` (truncation length), ``buckets``, ``batch_size``, and ``fn``, the
-    jitted ``(params, ids [R, L], mask [R, L]) -> logits [R, num_labels]``.
+    jitted ``(params, ids [R, L], mask [R, L]) -> logits [R, num_labels]`` (shared by all models
+    with the same ``cfg``).
     """
 
     def __init__(self, cfg: bert.BertConfig, params, labels: list[str], tokenizer, *, index: int,
@@ -79,7 +87,7 @@ class RewardModel:
         self.batch_size = batch_size
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.params = jax.device_put(params)
-        self.fn = jax.jit(lambda p, ids, mask: bert.apply(cfg, p, ids, mask))
+        self.fn = _classifier_fn(cfg)
 
     # ---------------------------------------------------------------------------------- internals
 
