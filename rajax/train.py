@@ -102,9 +102,7 @@ class Trainer:
         self.model_cfg = self.model_cfg.replace(dtype=cfg.model.dtype)
         ref_src = cfg.model.ref_policy or cfg.model.policy
         _, ref_params = hf.load(ref_src, value_head_seed=cfg.train.seed, what="--ref-policy")
-        self.reward = rewards.reward_for_task(
-            cfg.reward.kind, cfg.reward.model, label=cfg.reward.label, index=cfg.reward.index,
-            sign=cfg.reward.sign, max_length=cfg.reward.max_length, what="--reward-model")
+        self.reward = build_reward(cfg.reward)
         self.data = tasks.load_task_data(cfg, self.tokenizer)
         self.extra_scorers = {}
         if cfg.data.source == "synthetic":
@@ -305,6 +303,21 @@ class Trainer:
         hf.save(path, self.model_cfg.replace(dtype="float32"), jax.device_get(self.state.params),
                 tokenizer=self.tokenizer)
         return path
+
+
+_REWARD_KINDS = {"toxic": ("toxic", -1), "positive": ("POSITIVE", +1)}
+
+
+def build_reward(rc):
+    """The reward of a config's ``reward`` section: the kind's label and sign unless overridden."""
+    from rajax import rewards
+
+    if rc.kind not in _REWARD_KINDS:
+        raise ValueError(f"reward.kind {rc.kind!r} is not one of {sorted(_REWARD_KINDS)}")
+    label, sign = _REWARD_KINDS[rc.kind]
+    return rewards.load_reward_model(
+        rc.model, label=rc.label or label, index=rc.index, sign=sign if rc.sign is None else rc.sign,
+        max_length=rc.max_length, what="--reward-model")
 
 
 def preflight(cfg) -> None:

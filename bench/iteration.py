@@ -1,0 +1,195 @@
+"""Time one full RA-RLHF iteration, phase by phase, at the paper's shapes.
+
+    python bench/iteration.py --task imdb --dtype bfloat16            # GPT-2 small, 128 x (64+48)
+    python bench/iteration.py --task all --model tiny --iters 3       # CPU smoke run
+    python bench/iteration.py --task imdb --model gpt2-xl --remat     # scale
+
+Random weights (no downloads): a GPT-2 policy (and a frozen copy as the reference) and a BERT-base
+shaped reward classifier (toxic-bert's shape, 6 labels) with a WordPiece tokenizer trained here on
+pseudo-words. The GPT-2 ids are decoded through a pseudo-word vocabulary of GPT-2's size, so the
+host-side detokenise/retokenise work is of realistic size. Every row generates all N new tokens
+(min_new_tokens = N), the worst case for sampling.
+
+Phases (medians over --iters after one warm-up iteration): sampling, reward (decode + tokenize +
+classifier), forward (policy log-probs/values + reference log-probs), ppo (4 epochs of the full-batch
+PPO update with the CVaR mask), total. Also: sampling tokens/s, PPO-update model TFLOP/s, peak device
+memory, and the number of compilations of each jitted phase (it must not grow after warm-up).
+Output: one JSON object per task on stdout, and `$OUT/iteration_<task>.json` when $OUT is set.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rajax import ppo, sampling  # noqa: E402
+from rajax.models import bert, gpt2  # noqa: E402
+from rajax.rewards import RewardModel  # noqa: E402
+from rajax.train import _forward_pair, decode_responses  # noqa: E402
+
+TASKS = {"imdb": (64, 48), "jigsaw": (8, 32), "rtp": (32, 32)}
+TINY_GPT2 = dict(vocab_size=512, n_positions=128, n_embd=64, n_layer=2, n_head=2)
+TINY_BERT = dict(vocab_size=1000, hidden=64, layers=2, heads=2, intermediate=128, max_position=512)
+
+
+class PseudoWords:
+    """Decodes token ids to pseudo-words (one per id), standing in for the GPT-2 tokenizer offline."""
+
+    def __init__(self, vocab: int, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        syl = [c + v for c in "bcdfghjklmnprstvwz" for v in "aeiou"]
+        self.words = [" " + "".join(rng.choice(syl, size=rng.integers(1, 4))) for _ in range(vocab)]
+        self.eos_token_id = vocab - 1
+        self.pad_token_id = vocab - 1
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join(self.words[i] for i in ids)
+
+
+def bert_tokenizer(words, vocab_size):
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size,
+                                        special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    rng = np.random.default_rng(1)
+    corpus = ("".join(rng.choice(words, size=64)) for _ in range(2000))
+    tok.train_from_iterator(corpus, trainer)
+    from tokenizers.processors import TemplateProcessing
+
+    tok.post_processor = TemplateProcessing(single="[CLS] $A [SEP]",
+                                            special_tokens=[("[CLS]", tok.token_to_id("[CLS]")),
+                                                            ("[SEP]", tok.token_to_id("[SEP]"))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
+                                   cls_token="[CLS]", sep_token="[SEP]", model_max_length=512)
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    jax.block_until_ready(out)
+    return out, time.perf_counter() - t
+
+
+def peak_memory():
+    try:
+        stats = jax.local_devices()[0].memory_stats() or {}
+    except Exception:
+        return None
+    return stats.get("peak_bytes_in_use")
+
+
+def ppo_flops(cfg: gpt2.GPT2Config, b: int, t: int, epochs: int) -> float:
+    """Model FLOPs of the PPO update: epochs x (forward + backward = 3 x forward) at B x T tokens."""
+    e, l, v = cfg.n_embd, cfg.n_layer, cfg.vocab_size
+    matmul_params = 12 * l * e * e + v * e  # attention 4E², MLP 8E² per layer, LM head
+    fwd = 2 * b * t * matmul_params + 4 * b * l * t * t * e  # + QK^T and AV (full square)
+    return 3.0 * epochs * fwd
+
+
+def bench_task(task, args):
+    p_len, n_new = TASKS[task]
+    b = args.batch
+    if args.model == "tiny":
+        cfg = gpt2.GPT2Config(**TINY_GPT2, dtype=args.dtype, remat=args.remat)
+        bcfg = bert.BertConfig(**TINY_BERT, num_labels=6, dtype=args.dtype)
+    else:
+        cfg = gpt2.GPT2Config.from_name(args.model, dtype=args.dtype, remat=args.remat)
+        bcfg = bert.BertConfig(num_labels=6, dtype=args.dtype)
+    key = jax.random.key(0)
+    mesh = ppo.make_mesh(b)
+    params = ppo.replicate(gpt2.init(cfg, key), mesh)
+    ref_params = jax.tree.map(jnp.copy, params)
+    pcfg = ppo.PPOConfig(mini_batch_size=b)
+    tx = ppo.make_optimizer(pcfg)
+    opt_state = ppo.replicate(tx.init(params), mesh)
+    words = PseudoWords(cfg.vocab_size)
+    reward = RewardModel(bcfg, bert.init(bcfg, jax.random.key(1)), [f"l{i}" for i in range(6)],
+                         bert_tokenizer(words.words[:5000], bcfg.vocab_size if args.model == "tiny" else 30522),
+                         index=0, sign=-1, batch_size=b)
+    rng = np.random.default_rng(0)
+    prompt_ids = rng.integers(0, cfg.vocab_size - 1, (b, p_len)).astype(np.int32)
+    prompt_mask = np.ones((b, p_len), np.int32)
+    prompt_texts = [words.decode(r) for r in prompt_ids]
+    ids_d, mask_d = ppo.shard_batch((prompt_ids, prompt_mask), mesh)
+    times = {k: [] for k in ("sampling", "reward", "tokenize", "forward", "ppo", "total")}
+    compiles = []
+    for it in range(args.iters + 1):
+        k = jax.random.fold_in(key, it)
+        s, t_s = timed(lambda: sampling.sample(cfg, params, ids_d, mask_d, k, n_new, max_new_tokens=n_new,
+                                               eos_id=words.eos_token_id))
+        t0 = time.perf_counter()
+        tokens, rmask = np.asarray(s.tokens), np.asarray(s.mask)
+        responses = decode_responses(words, tokens, rmask)
+        t1 = time.perf_counter()
+        reward.encode([a + r for a, r in zip(prompt_texts, responses)])
+        t_tok = time.perf_counter() - t1
+        scores = reward(prompt_texts, responses)
+        t_r = time.perf_counter() - t0
+        ids, attn = sampling.sequences(ids_d, mask_d, s)
+        (logp, values, ref_logp), t_f = timed(lambda: _forward_pair(cfg, params, ref_params, ids, attn,
+                                                                    prompt_width=p_len))
+        rollout = ppo.Rollout(ids, attn, s.mask, logp, ref_logp, values, ppo.shard_batch(scores, mesh))
+        alpha_prime = b if it % 2 else max(1, b // 5)  # alternate: α′ must not recompile
+        (params, opt_state, stats, keep), t_p = timed(
+            lambda: ppo.ppo_step(cfg, pcfg, params, opt_state, rollout, 0.2, alpha_prime, k))
+        if it == 0:
+            continue  # warm-up (compilation)
+        for name, v in (("sampling", t_s), ("reward", t_r), ("tokenize", t_tok), ("forward", t_f),
+                        ("ppo", t_p)):
+            times[name].append(v)
+        times["total"].append(t_s + t_r + t_f + t_p)
+        compiles.append({"sampling": sampling.sample._cache_size(), "forward": _forward_pair._cache_size(),
+                         "ppo": ppo._ppo_step_jit._cache_size(), "reward": reward.fn._cache_size()})
+    med = {k: statistics.median(v) for k, v in times.items()}
+    flops = ppo_flops(cfg, b, p_len + n_new, pcfg.ppo_epochs)
+    return {
+        "task": task, "model": args.model, "dtype": args.dtype, "remat": args.remat, "batch": b,
+        "prompt": p_len, "new_tokens": n_new, "device": str(jax.devices()[0].device_kind),
+        "n_devices": len(jax.devices()), "jax": jax.__version__,
+        "median_s": {k: round(v, 5) for k, v in med.items()},
+        "sampling_tokens_per_s": round(b * n_new / med["sampling"], 1),
+        "tokenize_share_of_reward": round(med["tokenize"] / med["reward"], 3),
+        "ppo_model_tflop": round(flops / 1e12, 3),
+        "ppo_tflop_per_s": round(flops / med["ppo"] / 1e12, 2),
+        "peak_device_bytes": peak_memory(),
+        "compilations": compiles[-1],
+        "compilations_grew_after_warmup": compiles[0] != compiles[-1],
+    }
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--task", default="imdb", choices=[*TASKS, "all"])
+    ap.add_argument("--model", default="gpt2", choices=["tiny", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"])
+    ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--remat", action="store_true", help="rematerialise each block in the backward pass")
+    args = ap.parse_args(argv)
+    results = []
+    for task in (TASKS if args.task == "all" else [args.task]):
+        r = bench_task(task, args)
+        results.append(r)
+        print(json.dumps(r), flush=True)
+        if os.environ.get("OUT"):
+            pathlib.Path(os.environ["OUT"], f"iteration_{task}.json").write_text(json.dumps(r, indent=1))
+    return results
+
+
+if __name__ == "__main__":
+    main()
