@@ -172,14 +172,15 @@ def train_lm(
     progress: bool = True,
     log_fn: Callable[[int, dict], None] | None = None,
     label_mask=None,
+    data_parallel: bool = True,
 ) -> Params:
     """Causal-LM training of ``params`` on right-padded ``token_ids`` [N,T] (``mask`` [N,T] 0/1).
 
     ``label_mask`` (default ``mask``) selects the target tokens of the loss; attention uses ``mask``.
     Learning rate decays linearly from ``lr`` to 0 over ``epochs * steps_per_epoch`` updates.
     Data parallel over all devices that divide ``micro_batch`` (params replicated, micro-batches
-    sharded on a ``data`` mesh). ``log_fn(step, {'loss','tokens','grad_norm','lr','epoch'})`` is
-    called after every optimizer step. Returns the trained params (the value head is untouched:
+    sharded on a ``data`` mesh); ``data_parallel=False`` keeps everything on one device.
+    ``log_fn(step, {'loss','tokens','grad_norm','lr','epoch'})`` is called after every optimizer step. Returns the trained params (the value head is untouched:
     it gets no gradient from the LM loss, and weight decay 0 leaves it as it was).
     """
     token_ids = np.asarray(token_ids)
@@ -200,15 +201,17 @@ def train_lm(
     tx, sched = make_optimizer(lr, total, max_grad_norm=max_grad_norm, weight_decay=weight_decay)
     step_fn = make_train_step(cfg, tx, dropout=dropout)
 
-    mesh = _mesh_for(micro_batch)
-    if mesh is not None:
-        rep = NamedSharding(mesh, P())
-        data = NamedSharding(mesh, P(None, "data", None))
-        params = jax.device_put(params, rep)
-    else:
-        data = None
+    mesh = _mesh_for(micro_batch) if data_parallel else None
     params = jax.tree.map(jnp.asarray, params)
     opt_state = tx.init(params)
+    if mesh is not None:
+        # Params and optimizer state replicated, micro-batches split over `data`. Placing the state
+        # before the first step keeps the input shardings of every step the same (one compilation).
+        rep = NamedSharding(mesh, P())
+        data = NamedSharding(mesh, P(None, "data", None))
+        params, opt_state = jax.device_put((params, opt_state), rep)
+    else:
+        data = None
 
     rng = np.random.default_rng(seed)
     key = jax.random.key(seed)
