@@ -53,8 +53,8 @@ class PseudoWords:
         self.eos_token_id = vocab - 1
         self.pad_token_id = vocab - 1
 
-    def decode(self, ids, skip_special_tokens=False):
-        return "".join(self.words[i] for i in ids)
+    def batch_decode(self, ids_list, **_):
+        return ["".join(self.words[i] for i in ids) for ids in ids_list]
 
 
 def bert_tokenizer(words, vocab_size):
@@ -124,7 +124,7 @@ def bench_task(task, args):
     rng = np.random.default_rng(0)
     prompt_ids = rng.integers(0, cfg.vocab_size - 1, (b, p_len)).astype(np.int32)
     prompt_mask = np.ones((b, p_len), np.int32)
-    prompt_texts = [words.decode(r) for r in prompt_ids]
+    prompt_texts = words.batch_decode(prompt_ids)
     ids_d, mask_d = ppo.shard_batch((prompt_ids, prompt_mask), mesh)
     times = {k: [] for k in ("sampling", "reward", "tokenize", "forward", "ppo", "total")}
     compiles = []

@@ -53,9 +53,11 @@ def _all_finite(tree):
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def decode_responses(tokenizer, tokens_BxN: np.ndarray, mask_BxN: np.ndarray) -> list[str]:
+def decode_responses(tokenizer, tokens_BxN: np.ndarray, mask_BxN: np.ndarray, *, clean_up: bool = False) -> list[str]:
     """Response text as the original code scored it: cut after the first EOS (kept), special tokens kept."""
-    return [tokenizer.decode(t[m > 0].tolist(), skip_special_tokens=False) for t, m in zip(tokens_BxN, mask_BxN)]
+    from rajax import tasks
+
+    return tasks.decode_all(tokenizer, [t[m > 0] for t, m in zip(tokens_BxN, mask_BxN)], clean_up=clean_up)
 
 
 def cvar_of(x: np.ndarray, alpha: float) -> float:
@@ -165,7 +167,7 @@ class Trainer:
         tokens, rmask = np.asarray(s.tokens), np.asarray(s.mask)
         timings["time/sampling"] = time.perf_counter() - t
         t = time.perf_counter()
-        responses = decode_responses(self.tokenizer, tokens, rmask)
+        responses = decode_responses(self.tokenizer, tokens, rmask, clean_up=cfg.reward.clean_up_spaces)
         scores = np.asarray(self.reward(prompt_texts, responses), np.float32)
         timings["time/reward"] = time.perf_counter() - t
         if not np.all(np.isfinite(scores)):
