@@ -212,3 +212,18 @@ def test_loader_errors(ckpts, tmp_path):
         bert.load_classifier(str(d))
     with pytest.raises(ValueError, match="arch must be"):
         bert.BertConfig(arch="roberta")
+
+
+def test_hub_id_from_offline_cache(ckpts, tmp_path, monkeypatch):
+    """A hub id resolves through huggingface_hub's cache when HF_HUB_OFFLINE=1 (no network)."""
+    import huggingface_hub.constants as hc
+
+    from rajax.models import bert
+
+    snap = tmp_path / "models--rajax-tests--tiny-distil" / "snapshots" / ("0" * 40)
+    shutil.copytree(ckpts["distil"], snap)
+    (snap.parents[1] / "refs").mkdir()
+    (snap.parents[1] / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path))
+    cfg, _, labels, _ = bert.load_classifier("rajax-tests/tiny-distil")
+    assert cfg.arch == "distilbert" and labels == IMDB_LABELS

@@ -443,8 +443,12 @@ def _resolve(name_or_path: str, what: str) -> str:
     try:
         from huggingface_hub import snapshot_download
 
-        return snapshot_download(
-            p, allow_patterns=["*.json", "*.safetensors", "*.bin", "vocab.txt", "*.model", "merges.txt"])
+        # Config, tokenizer and safetensors first; fall back to pytorch_model.bin only when the repo
+        # has no safetensors (so repos that ship both are not downloaded twice).
+        d = snapshot_download(p, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"])
+        if not any(f.endswith(".safetensors") for f in os.listdir(d)):
+            d = snapshot_download(p, allow_patterns=["*.json", "pytorch_model*.bin", "*.txt", "*.model"])
+        return d
     except Exception as e:  # offline, unknown repo, no network: all end the same way for the user
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{what} {name_or_path!r}: not a local directory and not available from the "
