@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -401,7 +402,7 @@ def shard_batch(tree: Any, mesh: jax.sharding.Mesh) -> Any:
     sharding = NamedSharding(mesh, PartitionSpec("data"))
 
     def put(x):
-        x = jnp.asarray(x) if not isinstance(x, jax.Array) else x
+        x = x if isinstance(x, jax.Array) else np.asarray(x)  # host data goes straight to its shards
         if x.ndim == 0 or x.shape[0] % n:
             raise ValueError(f"cannot shard an array of shape {x.shape} over {n} devices: the batch axis "
                              f"must be a multiple of {n}")

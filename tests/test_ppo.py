@@ -356,3 +356,19 @@ def test_errors(setup):
         ppo.PPOConfig(kl_penalty="js")
     with pytest.raises(ValueError, match="kl_stat"):
         ppo.PPOConfig(kl_stat="mean")
+
+
+def test_minibatches_shuffled_within_epochs(setup):
+    """mini_batch_size < B: B/mbs Adam steps per epoch over a per-epoch permutation of the batch."""
+    params, _, ro, _ = setup
+    cfg = CFG.replace(mini_batch_size=4, ppo_epochs=1)
+    tx = ppo.make_optimizer(cfg)
+    mesh = ppo.make_mesh(B)
+    host = ppo.Rollout(*(np.asarray(x) for x in ro))  # shard_batch takes host arrays too
+    p1, o1, st, keep = ppo.ppo_step(MODEL, cfg, copy(params), tx.init(params), ro, BETA, 3, jax.random.key(2))
+    assert int(o1[0].count) == 2  # two minibatches -> two Adam steps
+    assert np.asarray(keep).sum() == 3 and np.isfinite(float(st["ppo/loss/total"]))
+    moved = max(float(jnp.abs(x - y).max()) for x, y in zip(jax.tree.leaves(p1), jax.tree.leaves(params)))
+    assert moved > 1e-5
+    ro_s = ppo.shard_rollout(host, mesh)
+    assert ro_s.scores.sharding.spec == jax.sharding.PartitionSpec("data")
