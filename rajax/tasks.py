@@ -573,7 +573,7 @@ def load_task_data(cfg, tokenizer, *, require: Sequence[str] = ("train",)) -> Ta
     if src == "synthetic":
         from rajax import synthetic
 
-        return synthetic.load_task_data(cfg, tokenizer)
+        return synthetic.load_task_data(cfg, tokenizer, require=require)
     if src not in _LOADERS:
         raise ValueError(f"data.source={src!r} is not valid; choose one of imdb, jigsaw, rtp, synthetic, file")
     raw = _LOADERS[src](cfg)

@@ -262,3 +262,27 @@ def test_missing_local_paths(tmp_path):
     d, _ = make_kaggle_dir(tmp_path)
     with pytest.raises(ValueError, match="--test-path"):
         T.load_task_data(cfg_for("jigsaw", data__path=str(d)), CharTok(), require=("train", "test"))
+
+
+def test_hub_datasets_are_converted(monkeypatch):
+    """The hub path (datasets.load_dataset) with stand-in tables of the hub layouts."""
+    datasets = pytest.importorskip("datasets")
+    calls = []
+
+    def fake_load(name, **kw):
+        calls.append((name, kw))
+        if name == T.IMDB_HUB:
+            mk = lambda s: datasets.Dataset.from_dict({"text": [f"{s} {i} " + "z" * 210 for i in range(6)],
+                                                        "label": [0, 1] * 3})
+            return datasets.DatasetDict({"train": mk("tr"), "test": mk("te"), "unsupervised": mk("u")})
+        tox = [0.9] * 10 + [0.1] * 30 + [None] * 2
+        return datasets.Dataset.from_dict({"prompt": [{"text": f"p{i}", "toxicity": t} for i, t in enumerate(tox)]})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    d = T.load_task_data(cfg_for("imdb", generation__prompt_tokens=4), CharTok())
+    assert len(d.train) == 6 and d.train.texts[0] == "tr 0" and d.sft_texts == [f"tr {i} " + "z" * 210 for i in (1, 3, 5)]
+    assert sorted(d.test.texts) == ["te 0", "te 1", "te 2", "te 3", "te 4", "te 5"]
+    r = T.load_task_data(C.load_config("rtp"), CharTok())
+    s = T.rtp_split_indices([0.9] * 10 + [0.1] * 30 + [None] * 2)
+    assert r.train.texts == [f"p{i}" for i in s["train"]] and len(r.test) == 4
+    assert calls[1] == (T.RTP_HUB, {"split": "train", "revision": C.load_config("rtp").data.revision})
