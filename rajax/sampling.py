@@ -76,6 +76,10 @@ def sample(
     """
     b, p = prompt_ids.shape
     n = max_new_tokens
+    if p + n > cfg.n_positions:
+        # Position embeddings past n_positions would be silently clamped by the gather.
+        raise ValueError(f"prompt width {p} + max_new_tokens {n} exceeds the model's n_positions "
+                         f"{cfg.n_positions}; shorten the prompt or generate fewer tokens")
     pad_id = eos_id if pad_id is None else pad_id
     min_new = jnp.broadcast_to(jnp.asarray(min_new_tokens, jnp.int32), (b,))
     sample_key, drop_key = jax.random.split(key)

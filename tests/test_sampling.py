@@ -178,3 +178,13 @@ def test_min_new_tokens_like_trl():
     got = np.asarray(sampling.min_new_tokens_like_trl(jnp.asarray(mask), 12, group=4))
     # Groups of 4: rows 0-3 longest 10 -> 2; rows 4-5 longest 7 -> 5.
     np.testing.assert_array_equal(got, [2, 2, 2, 2, 5, 5])
+
+
+def test_too_long_is_an_error(torch_and_params):
+    _, params = torch_and_params
+    ids, mask = _prompts()
+    with pytest.raises(ValueError, match="n_positions"):
+        sampling.sample(CFG, params, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(0),
+                        max_new_tokens=CFG.n_positions - P + 1, eos_id=EOS)
+    with pytest.raises(ValueError, match="n_positions"):
+        gpt2.apply(CFG, params, jnp.zeros((1, CFG.n_positions + 1), jnp.int32))

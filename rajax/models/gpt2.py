@@ -282,6 +282,9 @@ def apply(
     (GPT-2's 0.1 on embeddings, attention probabilities and residual branches); None = eval mode.
     """
     b, t = input_ids.shape
+    if cache is None and t > cfg.n_positions:
+        # Position embeddings past n_positions would be silently clamped by the gather.
+        raise ValueError(f"sequence length {t} exceeds the model's n_positions {cfg.n_positions}")
     if attention_mask is None:
         attention_mask = jnp.ones((b, t), jnp.int32)
     attention_mask = attention_mask.astype(jnp.int32)
