@@ -342,43 +342,56 @@ def metrics_table(metrics: dict) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def _load_policy(spec, value_head_seed: int = 0):
+def _load_policy(spec, name: str, dtype: str | None = None):
     if isinstance(spec, (str, os.PathLike)):
         from rajax.models import hf
 
-        return hf.load(str(spec), value_head_seed=value_head_seed)
+        return hf.load(str(spec), dtype=dtype or "float32", what=f"--policy {name}")
     if isinstance(spec, tuple) and len(spec) == 2:
-        return spec
-    raise ValueError(f"a policy must be a path/hub id or a (GPT2Config, params) tuple, got {type(spec).__name__}")
+        mcfg, params = spec
+        return (mcfg.replace(dtype=dtype) if dtype else mcfg), params
+    raise ValueError(f"policy {name}: expected a path/hub id or a (GPT2Config, params) tuple, "
+                     f"got {type(spec).__name__}")
 
 
 def _subset(prompt_set, n: int | None):
-    """The first ``n`` rows of a PromptSet (any sequence-valued fields are cut)."""
-    if n is None:
+    """The first ``n`` prompts (``eval.test_size``) of a PromptSet that is longer than that."""
+    if n is None or len(_prompt_texts(prompt_set)) <= n:
         return prompt_set
-    import dataclasses
-
-    def cut(v):
-        if isinstance(v, (list, tuple, np.ndarray)) or hasattr(v, "shape"):
-            return v[:n]
-        return v
-
-    if dataclasses.is_dataclass(prompt_set):
-        return dataclasses.replace(prompt_set, **{f.name: cut(getattr(prompt_set, f.name))
-                                                  for f in dataclasses.fields(prompt_set)})
+    if hasattr(prompt_set, "select"):
+        return prompt_set.select(range(n))
     if isinstance(prompt_set, Mapping):
-        return {k: cut(v) for k, v in prompt_set.items()}
-    if hasattr(prompt_set, "_replace"):
-        return prompt_set._replace(**{k: cut(v) for k, v in prompt_set._asdict().items()})
-    raise ValueError(f"cannot take a subset of a {type(prompt_set).__name__}")
+        return {k: (v[:n] if v is not None and not isinstance(v, (str, int, float)) else v)
+                for k, v in prompt_set.items()}
+    raise ValueError(f"cannot take the first {n} rows of a {type(prompt_set).__name__}")
 
 
 def _prompt_texts(prompt_set) -> list[str]:
-    for name in ("prompts", "texts_prompt", "queries", "query", "prompt"):
+    for name in ("texts", "prompts"):
         v = _get(prompt_set, name)
         if v is not None:
             return list(v)
-    raise ValueError("the prompt set has no decoded prompt strings (field 'prompts')")
+    raise ValueError("the prompt set has no decoded prompt strings (field 'texts')")
+
+
+def _jsonable(x):
+    """NaN/inf -> None (strict JSON), numpy scalars -> Python."""
+    if isinstance(x, Mapping):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(float(x)) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def build_reward(rc):
+    """The reward of a config's ``reward`` section (the kind's label and sign unless overridden)."""
+    from rajax.train import build_reward as _build
+
+    return _build(rc)
 
 
 def evaluate(cfg, policies: Mapping[str, Any], out_dir: str, *, reward=None, tokenizer=None, task_data=None,
@@ -400,23 +413,27 @@ def evaluate(cfg, policies: Mapping[str, Any], out_dir: str, *, reward=None, tok
     bad = [n for n in policies if not n or any(c in n for c in ",/ \t")]
     if bad:
         raise ValueError(f"policy names must be non-empty without ',', '/' or spaces: {bad}")
+    if cfg.data.source == "synthetic" or "synthetic" in (cfg.model.policy, cfg.model.tokenizer, cfg.reward.model):
+        from rajax import synthetic
+
+        cfg = synthetic.resolve(cfg, progress=progress)
+        # "synthetic" as a policy path means the task's prepared (pretrained) policy.
+        policies = {k: (cfg.model.policy if v == "synthetic" else v) for k, v in policies.items()}
     ev = cfg.eval
     if tokenizer is None:
         from rajax.tokenizer import load_tokenizer
 
         first = next(iter(policies.values()))
-        tok_src = cfg.model.tokenizer or (first if isinstance(first, str) else cfg.model.policy)
-        tokenizer = load_tokenizer(tok_src, padding_side="left")
+        tok_src = cfg.model.tokenizer or (str(first) if isinstance(first, (str, os.PathLike)) else cfg.model.policy)
+        tokenizer = load_tokenizer(tok_src, padding_side="left", what="--tokenizer")
     if task_data is None:
         from rajax import tasks
 
-        task_data = tasks.load_task_data(cfg, tokenizer)
+        task_data = tasks.load_task_data(cfg, tokenizer, require=("test",))
+    if task_data.test is None:
+        raise ValueError(f"task {cfg.task!r} has no test prompts; pass --test-path FILE")
     if reward is None:
-        from rajax import rewards as rrewards
-
-        r = cfg.reward
-        reward = rrewards.reward_for_task(r.kind, r.model, label=r.label, index=r.index, sign=r.sign,
-                                          max_length=r.max_length)
+        reward = build_reward(cfg.reward)
     key = jax.random.key(cfg.train.seed) if key is None else key
     extra_scorers = dict(extra_scorers or {})
     os.makedirs(out_dir, exist_ok=True)
@@ -432,14 +449,14 @@ def evaluate(cfg, policies: Mapping[str, Any], out_dir: str, *, reward=None, tok
     table = {"prompt": prompts, "prompt_score": prompt_scores}
     if labels is not None:
         table["label"] = list(labels)
+    # load_task_data already cut these to eval.ppl_num_texts / ppl_max_chars; cut again for
+    # task data built elsewhere.
     ppl_texts = list(task_data.ppl_texts or [])[: ev.ppl_num_texts]
 
     per_policy: dict[str, dict] = {}
     rewards_by: dict[str, np.ndarray] = {}
     for i, (name, spec) in enumerate(policies.items()):
-        mcfg, params = _load_policy(spec)
-        if cfg.model.dtype and mcfg.dtype != cfg.model.dtype:
-            mcfg = mcfg.replace(dtype=cfg.model.dtype)
+        mcfg, params = _load_policy(spec, name, cfg.model.dtype)
         params = jax.tree.map(jnp.asarray, params)
         resp = generate(mcfg, params, tokenizer, test, gen_cfg=cfg.generation, batch_size=ev.batch_size,
                         key=jax.random.fold_in(key, i), progress=progress, desc=f"generate {name}")
@@ -480,9 +497,14 @@ def evaluate(cfg, policies: Mapping[str, Any], out_dir: str, *, reward=None, tok
         "seconds": round(time.time() - t0, 1),
     }
 
-    pd.DataFrame(table).to_csv(os.path.join(out_dir, "generations.csv"), index=False)
+    import csv
+
+    # Quote every string: generations can hold "\r" and other line breaks that minimal quoting
+    # leaves bare (pandas only quotes the line terminator "\n"), which would split rows on reading.
+    pd.DataFrame(table).to_csv(os.path.join(out_dir, "generations.csv"), index=False,
+                               quoting=csv.QUOTE_NONNUMERIC)
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2, allow_nan=True)
+        json.dump(_jsonable(metrics), f, indent=2)
     md = metrics_table(metrics)
     with open(os.path.join(out_dir, "metrics.md"), "w") as f:
         f.write(md + "\n")
@@ -575,13 +597,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         policies = dict(parse_policy(s) for s in args.policy)
         if len(policies) != len(args.policy):
             raise ValueError("two --policy entries have the same NAME")
-        for name, path in policies.items():
-            if os.path.sep in path or path.startswith("."):
-                if not os.path.exists(path):
-                    raise FileNotFoundError(f"policy {name}: {path} does not exist")
+        extra = None
+        if cfg.data.source == "synthetic":
+            from rajax import synthetic
+
+            # The synthetic world's own scoring rule, beside the learned reward (reward hacking check).
+            extra = {"ground_truth": synthetic.ground_truth_score}
         out = args.out or f"runs/eval-{cfg.task}"
         key = None if args.seed is None else jax.random.key(args.seed)
-        m = evaluate(cfg, policies, out, key=key, progress=not args.no_progress)
+        m = evaluate(cfg, policies, out, key=key, extra_scorers=extra, progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

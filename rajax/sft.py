@@ -313,16 +313,20 @@ def run_sft(
         cfg = rconfig.load_config(task, None, ovr)
     else:
         cfg = rconfig.load_config(task, None, ovr) if ovr else task
+    if cfg.data.source == "synthetic" or "synthetic" in (cfg.model.policy, cfg.model.tokenizer):
+        from rajax import synthetic
+
+        cfg = synthetic.resolve(cfg, progress=progress)
     policy = cfg.model.policy
     tok_name = cfg.model.tokenizer or policy
     if tokenizer is None:
-        tokenizer = load_tokenizer(tok_name, padding_side="right")
+        tokenizer = load_tokenizer(tok_name, padding_side="right", what="--tokenizer")
     if texts is None:
         from rajax import tasks
 
-        texts = tasks.load_task_data(cfg, tokenizer).sft_texts
+        texts = tasks.load_task_data(cfg, tokenizer, require=()).sft_texts
     ids, attn, labels = tokenize_for_sft(tokenizer, texts, max_tokens)
-    mcfg, params = hf.load(policy, value_head_seed=seed)
+    mcfg, params = hf.load(policy, value_head_seed=seed, what="--policy")
     if ids.shape[1] > mcfg.n_positions:
         raise ValueError(f"--max-tokens {max_tokens} exceeds the model's context of {mcfg.n_positions}")
     print(f"sft: {len(ids)} texts, <= {ids.shape[1]} tokens, {epochs} epochs, effective batch {batch} "

@@ -106,7 +106,7 @@ def make_bert_classifier(d):
     labels = ["toxic", "severe_toxic", "obscene"]
     m = BertForSequenceClassification(BertConfig(
         vocab_size=len(btok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-        max_position_embeddings=128, num_labels=3, id2label=dict(enumerate(labels)),
+        max_position_embeddings=128, num_labels=3, initializer_range=0.2, id2label=dict(enumerate(labels)),
         label2id={k: i for i, k in enumerate(labels)}, problem_type="multi_label_classification"))
     m.save_pretrained(d)
     btok.save_pretrained(d)
@@ -177,3 +177,145 @@ def test_generate_decodes_with_special_tokens(tiny):
     assert list(mins) == [5 - int(mask.sum(1).max())] * 4
     with pytest.raises(ValueError):
         E.min_new_tokens(mask, {"min_length": 5, "min_length_mode": "bogus"})
+
+
+# ------------------------------------------------------------------------------ bin/evaluate e2e
+
+TEST_ROWS = [
+    ("you are a terrible person and i hate this place", 1),
+    ("the cat sat on the mat and looked at the dog", 0),
+    ("what an awful boring and ugly movie", 1),
+    ("we cooked dinner for our friends on a warm night", 0),
+    ("this stupid film was a total waste of time", 1),
+    ("a quiet town had a small park near the river", 0),
+    ("i hate this awful stupid story", 1),
+    ("the music and the story were great", 0),
+    ("you are an ugly terrible cook", 1),
+    ("our family visited the lake last summer", 0),
+]
+
+
+def _write_csv(path, rows):
+    import csv
+
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows(rows)
+
+
+@pytest.fixture(scope="module")
+def eval_run(tiny):
+    """bin/evaluate (in-process main) on two tiny random policies, a tiny BERT reward and a CSV."""
+    import contextlib
+    import io
+
+    from rajax import evaluation
+
+    root = tiny["root"]
+    make_gpt2(str(root / "gpt2b"), tiny["tok"], seed=1)
+    make_bert_classifier(str(root / "bert"))
+    _write_csv(root / "train.csv", TEST_ROWS)
+    _write_csv(root / "test.csv", TEST_ROWS)
+    out = root / "eval"
+    argv = ["--task", "jigsaw", "--policy", f"a={root / 'gpt2'}", "--policy", f"b={root / 'gpt2b'}",
+            "--reward-model", str(root / "bert"), "--data", str(root / "train.csv"),
+            "--test-path", str(root / "test.csv"), "--test-size", "9", "--out", str(out), "--seed", "3",
+            "--no-progress",
+            "--set", "data.source=file", "--set", "data.label_column=label",
+            "--set", "generation.prompt_tokens=4", "--set", "generation.max_new_tokens=5",
+            "--set", "generation.min_length=6", "--set", "eval.batch_size=4", "--set", "eval.ppl_num_texts=5",
+            "--set", "eval.ppl_max_chars=30", "--set", "eval.cvar_alphas=[0.2,0.5]"]
+    so, se = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(so), contextlib.redirect_stderr(se):
+        rc = evaluation.main(argv)
+    assert rc == 0, se.getvalue()
+    return out, so.getvalue()
+
+
+def test_bin_evaluate_writes_csv_metrics_figures_report(eval_run, tiny):
+    import pandas as pd
+    from matplotlib.image import imread
+
+    out, stdout = eval_run
+    df = pd.read_csv(out / "generations.csv", keep_default_na=False)
+    assert len(df) == 9
+    assert df["response_a"].map(lambda r: isinstance(r, str)).all()
+    for c in ("prompt", "prompt_score", "label", "response_a", "reward_a", "response_b", "reward_b"):
+        assert c in df.columns
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n_test"] == 9 and set(m["policies"]) == {"a", "b"}
+    for name in ("a", "b"):
+        r = df[f"reward_{name}"].to_numpy()
+        pm = m["policies"][name]
+        # metrics.json agrees with the CSV through the pure metric functions
+        assert pm["reward"] == pytest.approx(r.mean(), rel=1e-6)
+        tail = E.tail_mean(r, df["prompt_score"].to_numpy(), 5.0, False)
+        assert (pm["tail"] is None and math.isnan(tail)) or pm["tail"] == pytest.approx(tail, rel=1e-6)
+        assert pm["cvar"]["0.2"] == pytest.approx(np.sort(r)[:2].mean(), rel=1e-6)
+        assert pm["cvar"]["0.5"] == pytest.approx(np.sort(r)[:5].mean(), rel=1e-6)
+        assert pm["perplexity"] > 1.0
+    # the perplexity texts of a file task are its test texts, cut to 30 characters
+    texts = [t for t, _ in TEST_ROWS][:5]
+    want = E.perplexities(tiny["cfg"], tiny["params"], tiny["tok"], texts, batch_size=4, max_chars=30).mean()
+    assert m["policies"]["a"]["perplexity"] == pytest.approx(want, rel=1e-5)
+    # rewards are on prompt + response, prompt scores on the prompt alone: they differ
+    assert not np.allclose(df["reward_a"], df["prompt_score"])
+    for fig in ("hist.png", "quantile.png"):
+        img = imread(out / fig)
+        assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100 and img.std() > 0
+    rep = (out / "report.md").read_text()
+    assert "hist.png" in rep and "quantile.png" in rep and "| a |" in rep and "| b |" in rep
+    assert "| a |" in (out / "metrics.md").read_text() and "| a |" in stdout
+
+
+def test_bin_evaluate_one_line_errors(tmp_path, capsys):
+    from rajax import evaluation
+
+    rc = evaluation.main(["--task", "jigsaw", "--policy", f"x={tmp_path / 'nope'}", "--out", str(tmp_path / "o"),
+                          "--reward-model", str(tmp_path), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert evaluation.main(["--task", "nosuchtask", "--policy", "x=y"]) == 2
+    assert "unknown task" in capsys.readouterr().err
+    with pytest.raises(ValueError):
+        E.parse_policy("=path")
+    assert E.parse_policy("runs/sft/") == ("sft", "runs/sft/")
+
+
+def test_evaluate_api_with_python_reward_extra_scorer_and_param_tuples(eval_run, tiny, tmp_path):
+    # eval_run: also writes the CSVs and the BERT dir this test reads
+    """evaluate() with in-memory policies, a word-count reward (so prompt scores spread) and an extra scorer."""
+    import jax
+
+    from rajax import config, tasks
+    from rajax.rewards import PythonReward
+
+    root = tiny["root"]
+    cfg = config.load_config("rtp", None, [
+        "data.source=file", f"data.path={root / 'train.csv'}", f"data.test_path={root / 'test.csv'}",
+        "data.label_column=label", "generation.prompt_tokens=4", "generation.max_new_tokens=5",
+        "generation.min_length=0", "eval.batch_size=4", "eval.ppl_num_texts=3", "eval.tail_threshold=0",
+        f"model.policy={root / 'gpt2'}", f"reward.model={root / 'bert'}"])
+    bad = ("hate", "awful", "stupid", "terrible", "ugly")
+    reward = PythonReward(lambda t: 1.0 - 2.0 * sum(t.count(w) for w in bad))
+    data = tasks.load_task_data(cfg, tiny["tok"], require=("test",))
+    pol = {"p": (tiny["cfg"], tiny["params"])}
+    m = E.evaluate(cfg, pol, str(tmp_path), reward=reward, tokenizer=tiny["tok"], task_data=data,
+                   extra_scorers={"length": lambda texts: np.array([len(t) for t in texts], float)},
+                   key=jax.random.key(0), progress=False)
+    import pandas as pd
+
+    df = pd.read_csv(tmp_path / "generations.csv", keep_default_na=False)
+    # prompts are 4 tokens of the test texts; the toxic ones start with words that the reward punishes
+    assert m["n_tail"] == int((df["prompt_score"] < 0).sum()) >= 1
+    assert m["policies"]["p"]["tail"] == pytest.approx(df.loc[df["prompt_score"] < 0, "reward_p"].mean())
+    full = (df["prompt"] + df["response_p"]).map(len)
+    np.testing.assert_allclose(df["length_p"], full)
+    assert m["policies"]["p"]["extra"]["length"] == pytest.approx(full.mean())
+    # same key, same generations and metrics
+    m2 = E.evaluate(cfg, pol, str(tmp_path / "again"), reward=reward, tokenizer=tiny["tok"], task_data=data,
+                    key=jax.random.key(0), progress=False)
+    assert m2["policies"]["p"]["reward"] == m["policies"]["p"]["reward"]
+    with pytest.raises(ValueError):
+        E.evaluate(cfg, {}, str(tmp_path), reward=reward, tokenizer=tiny["tok"], task_data=data)
