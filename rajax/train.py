@@ -127,7 +127,7 @@ class Trainer:
         self.ref_params = ppo.replicate(ref_params, self.mesh)
         params = ppo.replicate(params, self.mesh)
         self.state = TrainState(params, ppo.replicate(self.tx.init(params), self.mesh),
-                                kl_lib.init(cfg.kl.init_coef))
+                                ppo.replicate(kl_lib.init(cfg.kl.init_coef), self.mesh))
         self.base_key = jax.random.key(cfg.train.seed)
         self.start = 0
         self.log(f"loaded models and data in {time.time() - t0:.1f}s: GPT-2 "
@@ -231,7 +231,7 @@ class Trainer:
 
         tree, meta = ckpt.restore(self._state_tree())
         self.state = TrainState(ppo.replicate(tree["params"], self.mesh),
-                                ppo.replicate(tree["opt_state"], self.mesh), tree["kl"])
+                                ppo.replicate(tree["opt_state"], self.mesh), ppo.replicate(tree["kl"], self.mesh))
         self.start = int(meta["iteration"])
         return meta
 
