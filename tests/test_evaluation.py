@@ -319,3 +319,11 @@ def test_evaluate_api_with_python_reward_extra_scorer_and_param_tuples(eval_run,
     assert m2["policies"]["p"]["reward"] == m["policies"]["p"]["reward"]
     with pytest.raises(ValueError):
         E.evaluate(cfg, {}, str(tmp_path), reward=reward, tokenizer=tiny["tok"], task_data=data)
+
+
+def test_perplexity_encoding_with_the_real_gpt2_tokenizer(shared_data):
+    """Uses ../shared/data/gpt2-tokenizer (GPT-2's real vocabulary): BOS = <|endoftext|> = 50256 first."""
+    from rajax.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(str(shared_data / "gpt2-tokenizer"))
+    assert E.encode_for_perplexity(tok, ["Hello world, bye"], max_chars=11) == [[50256, 15496, 995]]
