@@ -194,6 +194,9 @@ def test_ratio_threshold_zeroes_loss(ragged):
 # ============================================================================================
 MODEL = gpt2.GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=2, dropout=0.0)
 CFG = ppo.PPOConfig(learning_rate=1e-3, mini_batch_size=B)  # one full-batch minibatch, 4 epochs
+# The learning check uses a larger lr: over seeds 5..14 the last-5 mean reward went from ~0.1 to
+# >= 4.8 (of 6) with it, but only to 0.6-3.8 with 1e-3.
+LEARN_CFG = CFG.replace(learning_rate=3e-3)
 EOS, TOKEN = 0, 7
 _fwd = jax.jit(ppo.forward, static_argnums=(0, 4))
 _kl_update = jax.jit(lambda s, x: kl.update(s, x, target=6.0, horizon=10000, n_steps=B))
@@ -321,7 +324,7 @@ def test_plain_ppo_learns_to_emit_the_rewarded_token(setup):
     """Seeded: score = count of TOKEN in the response; 30 plain-PPO iterations (alpha' = B)."""
     params0, _, _, _ = setup
     params, ref = copy(params0), copy(params0)
-    tx = ppo.make_optimizer(CFG)
+    tx = ppo.make_optimizer(LEARN_CFG)
     opt = tx.init(params)
     state = kl.init(0.05)
     hist = []
@@ -330,10 +333,10 @@ def test_plain_ppo_learns_to_emit_the_rewarded_token(setup):
         key, k_roll, k_ppo = jax.random.split(key, 3)
         ro, _ = make_rollout(params, ref, k_roll)
         hist.append(float(ro.scores.mean()))
-        params, opt, st, _ = ppo.ppo_step(MODEL, CFG, params, opt, ro, state.beta, B, k_ppo)
+        params, opt, st, _ = ppo.ppo_step(MODEL, LEARN_CFG, params, opt, ro, state.beta, B, k_ppo)
         state = _kl_update(state, st["objective/kl"])
-    assert np.mean(hist[:5]) < 0.3, hist
-    assert np.mean(hist[-5:]) > np.mean(hist[:5]) + 0.75, hist
+    assert np.mean(hist[:5]) < 0.5, hist
+    assert np.mean(hist[-5:]) > np.mean(hist[:5]) + 2.0, hist
 
 
 def test_errors(setup):
