@@ -237,6 +237,7 @@ TOKENIZER_VOCAB = 1024  # byte-level BPE: 256 bytes + merges; with ~350 words ne
 LM_MAX_TOKENS = 48      # documents are <= ~50 tokens; truncating the few longer ones keeps steps cheap
 LM_LR, LM_MICRO_BATCH = 3e-3, 32
 CLF_LR, CLF_BATCH = 2e-3, 64
+CLF_WIDTH = 64          # classifier inputs while building: one padded width -> one compile per function
 
 
 class Assets(NamedTuple):
@@ -330,7 +331,7 @@ def _train_classifier(tokenizer, texts: Sequence[str], *, epochs: int, seed: int
 
     from rajax.models import bert
 
-    ids, mask = encode_for_classifier(tokenizer, texts)
+    ids, mask = encode_for_classifier(tokenizer, texts, width=CLF_WIDTH)
     y = toxic_target(texts)
     cfg = bert.BertConfig(arch="bert", vocab_size=len(tokenizer), type_vocab_size=2, num_labels=1,
                           **CLASSIFIER)
@@ -362,7 +363,7 @@ def _train_classifier(tokenizer, texts: Sequence[str], *, epochs: int, seed: int
     return cfg, jax.device_get(params), losses
 
 
-def classifier_logits(cfg, params, tokenizer, texts: Sequence[str], batch: int = 256) -> np.ndarray:
+def classifier_logits(cfg, params, tokenizer, texts: Sequence[str], batch: int = 128) -> np.ndarray:
     """The classifier's ``toxic`` logit per text (float32 [n])."""
     import jax
 
@@ -370,7 +371,7 @@ def classifier_logits(cfg, params, tokenizer, texts: Sequence[str], batch: int =
 
     fn = jax.jit(lambda p, i, m: bert.apply(cfg, p, i, m)[:, 0])
     texts = list(texts)
-    ids, mask = encode_for_classifier(tokenizer, texts)
+    ids, mask = encode_for_classifier(tokenizer, texts, width=CLF_WIDTH)
     n = len(texts)
     rows = -(-n // batch) * batch  # pad the rows so every chunk has one shape (one compile)
     ids = np.concatenate([ids, np.full((rows - n, ids.shape[1]), tokenizer.pad_token_id, np.int32)])

@@ -72,6 +72,7 @@ def test_ground_truth_score_of_any_text():
 def test_tokenizer_round_trips():
     c = syn.generate(1, n_train=300, n_test=2, n_lm=300, n_clf=1)
     tok = syn._train_tokenizer(c.lm + c.train)
+    assert syn._train_tokenizer(c.lm + c.train).backend_tokenizer.to_str() == tok.backend_tokenizer.to_str()
     assert tok.eos_token == tok.pad_token == syn.EOS and 300 < len(tok) <= syn.TOKENIZER_VOCAB
     for text in c.train[:50] + ["Unknown wörds 123, still fine." + syn.EOS]:
         ids = tok.encode(text)
