@@ -112,6 +112,8 @@ def _nll_sums(cfg: gpt2.GPT2Config, params, ids_BxT, mask_BxT):
 
 _nll_sums_jit = jax.jit(_nll_sums, static_argnums=0)
 
+PPL_MAX_BATCH = 32
+
 
 def _bucket(n: int, quantum: int = 16) -> int:
     """Padded length: next power of two up to 64, then multiples of 64 (few distinct shapes)."""
@@ -472,7 +474,9 @@ def evaluate(cfg, policies: Mapping[str, Any], out_dir: str, *, reward=None, tok
             "extra": {},
         }
         if ppl_texts:
-            ppl = perplexities(mcfg, params, tokenizer, ppl_texts, batch_size=ev.batch_size,
+            # Full-vocabulary logits of [batch, ~256 tokens] cost ~50 MB per row for GPT-2, so the
+            # perplexity batch is capped (the paper used 8-16; the batch size does not change the values).
+            ppl = perplexities(mcfg, params, tokenizer, ppl_texts, batch_size=min(ev.batch_size, PPL_MAX_BATCH),
                                max_chars=ev.ppl_max_chars)
             m["perplexity"] = float(np.nanmean(ppl)) if np.isfinite(ppl).any() else float("nan")
         full = [p + q for p, q in zip(prompts, resp)]
