@@ -425,9 +425,14 @@ def evaluate(cfg, policies: Mapping[str, Any], out_dir: str, *, reward=None, tok
     if tokenizer is None:
         from rajax.tokenizer import load_tokenizer
 
-        first = next(iter(policies.values()))
-        tok_src = cfg.model.tokenizer or (str(first) if isinstance(first, (str, os.PathLike)) else cfg.model.policy)
-        tokenizer = load_tokenizer(tok_src, padding_side="left", what="--tokenizer")
+        first_name, first = next(iter(policies.items()))
+        if cfg.model.tokenizer:
+            tok_src, what = cfg.model.tokenizer, "--tokenizer"
+        elif isinstance(first, (str, os.PathLike)):
+            tok_src, what = str(first), f"--policy {first_name} (its tokenizer; or pass --tokenizer)"
+        else:
+            tok_src, what = cfg.model.policy, "model.policy (its tokenizer; or pass --tokenizer)"
+        tokenizer = load_tokenizer(tok_src, padding_side="left", what=what)
     if task_data is None:
         from rajax import tasks
 
