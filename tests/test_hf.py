@@ -76,7 +76,7 @@ def test_load_equals_torch_weights(ckpts, name):
     assert cfg == gpt2.GPT2Config(vocab_size=97, n_positions=64, n_embd=32, n_layer=2, n_head=4)
     _assert_params_equal_torch(params, m, 2)
     # Same pytree structure and dtypes as gpt2.init, so optimisers/checkpoints see one layout.
-    chex.assert_trees_all_equal_shapes_and_dtypes(params, gpt2.init(cfg, jax.random.key(0)))
+    chex.assert_trees_all_equal_shapes_and_dtypes(params, jax.eval_shape(lambda k: gpt2.init(cfg, k), jax.random.key(0)))
 
 
 def test_second_shape_logits_match_torch(ckpts):
@@ -151,12 +151,21 @@ def test_value_head_fresh_init_and_trl_keys(ckpts):
     np.testing.assert_array_equal(p["v_head"]["bias"], [0.5])
 
 
+def _random_params(cfg, seed):
+    """Random params in gpt2.init's layout, every tensor non-trivial (built in NumPy: no compiles)."""
+    rng = np.random.default_rng(seed)
+    sd = {k: rng.normal(0, 0.3, shape).astype(np.float32) for k, shape in
+          (("transformer." + hk, hf._expected_shapes(cfg)[path]) for hk, path in hf._key_map(cfg).items())}
+    sd["v_head.summary.weight"] = rng.normal(0, 0.3, (1, cfg.n_embd)).astype(np.float32)
+    sd["v_head.summary.bias"] = rng.normal(0, 0.3, (1,)).astype(np.float32)
+    return hf.from_hf_state_dict(cfg, sd)
+
+
 def test_save_loads_in_transformers_and_round_trips(tmp_path):
     cfg = gpt2.GPT2Config(**TINY, dropout=0.05)
-    params = gpt2.init(cfg, jax.random.key(7))
-    # Make every tensor matter (gpt2.init has zero biases and unit LN scales).
-    rng = np.random.default_rng(8)
-    params = jax.tree.map(lambda x: jnp.asarray(x + 0.05 * rng.standard_normal(x.shape, np.float32)), params)
+    params = _random_params(cfg, 7)
+    chex.assert_trees_all_equal_shapes_and_dtypes(params, jax.eval_shape(lambda k: gpt2.init(cfg, k),
+                                                                          jax.random.key(0)))
     out = hf.save(tmp_path / "ckpt", cfg, params)
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "value_head.safetensors"]
     stored = load_file(out / "model.safetensors")
@@ -180,7 +189,7 @@ def test_save_with_tokenizer(shared_data, tmp_path):
 
     tok = load_tokenizer(shared_data / "gpt2-tokenizer")
     cfg = gpt2.GPT2Config(**TINY)
-    out = hf.save(tmp_path / "ckpt", cfg, gpt2.init(cfg, jax.random.key(0)), tokenizer=tok)
+    out = hf.save(tmp_path / "ckpt", cfg, _random_params(cfg, 0), tokenizer=tok)
     tok2 = transformers.AutoTokenizer.from_pretrained(out)
     assert tok2("Hello world").input_ids == [15496, 995]
 

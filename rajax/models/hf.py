@@ -82,10 +82,18 @@ def _key_map(cfg: gpt2.GPT2Config) -> dict[str, tuple]:
 
 
 def _expected_shapes(cfg: gpt2.GPT2Config) -> dict[tuple, tuple]:
-    shapes = jax.eval_shape(lambda: gpt2.init(cfg, jax.random.key(0)))
-    out = {}
-    for path, leaf in jax.tree_util.tree_leaves_with_path(shapes):
-        out[tuple(p.key for p in path)] = tuple(leaf.shape)
+    """Shape of every mapped parameter (the layout of ``gpt2.init``), keyed by params path."""
+    e, v = cfg.n_embd, cfg.vocab_size
+    out = {("wte", "embedding"): (v, e), ("wpe", "embedding"): (cfg.n_positions, e),
+           ("ln_f", "scale"): (e,), ("ln_f", "bias"): (e,)}
+    dense = {("attn", "c_attn"): (e, 3 * e), ("attn", "c_proj"): (e, e),
+             ("mlp", "c_fc"): (e, 4 * e), ("mlp", "c_proj"): (4 * e, e)}
+    for i in range(cfg.n_layer):
+        for ln in ("ln_1", "ln_2"):
+            out[("h", i, ln, "scale")] = out[("h", i, ln, "bias")] = (e,)
+        for (mod, lin), (din, dout) in dense.items():
+            out[("h", i, mod, lin, "kernel")] = (din, dout)
+            out[("h", i, mod, lin, "bias")] = (dout,)
     return out
 
 
