@@ -220,3 +220,22 @@ def test_errors_are_one_line(tmp_path):
     with pytest.raises(ValueError, match="only GPT-2") as e:
         hf.load(tmp_path / "empty", what="--ref")
     assert _one_line(e).startswith("--ref: ")
+
+
+def test_hub_id_from_offline_cache(ckpts, tmp_path, monkeypatch):
+    """A hub id resolves through huggingface_hub's cache when HF_HUB_OFFLINE=1 (as on the GPU box
+    with a pre-populated cache): a hand-built cache entry models--someone--tiny-gpt2."""
+    import huggingface_hub.constants
+
+    d, m = ckpts["st"]
+    repo = tmp_path / "models--someone--tiny-gpt2"
+    snap = repo / "snapshots" / ("0" * 40)
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    for f in ("config.json", "model.safetensors"):
+        (snap / f).write_bytes((d / f).read_bytes())
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    cfg, params = hf.load("someone/tiny-gpt2")
+    assert cfg.n_layer == 2
+    _assert_params_equal_torch(params, m, 2)
