@@ -387,13 +387,29 @@ def ppo_step(model_cfg: gpt2.GPT2Config, ppo_cfg: PPOConfig, params, opt_state, 
 # data-parallel helpers
 # --------------------------------------------------------------------------------------------
 def make_mesh(batch_size: int | None = None, devices=None) -> jax.sharding.Mesh:
-    """1-D ``data`` mesh (Auto axis type) over all local devices (or ``devices``)."""
-    devices = list(jax.local_devices() if devices is None else devices)
+    """1-D ``data`` mesh (Auto axis type) over every device of every process (or ``devices``).
+
+    In a single process these are the local devices; after ``jax.distributed.initialize`` they are
+    all hosts' devices, so the batch (and the CVaR quantile) is global across hosts.
+    """
+    devices = list(jax.devices() if devices is None else devices)
     if batch_size is not None and batch_size % len(devices):
         raise ValueError(f"batch size {batch_size} must be a multiple of the {len(devices)} devices; "
                          f"change the batch size or the number of devices")
     return jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
                          devices=devices)
+
+
+def _put(x, sharding):
+    """Host data -> a global array: every process passes the same full array and keeps its shards."""
+    if isinstance(x, jax.Array) and (x.is_fully_addressable or x.sharding == sharding):
+        if not x.is_fully_addressable:
+            return x
+        if jax.process_count() == 1:
+            return jax.device_put(x, sharding)
+        x = np.asarray(x)
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
 
 def shard_batch(tree: Any, mesh: jax.sharding.Mesh) -> Any:
@@ -402,11 +418,11 @@ def shard_batch(tree: Any, mesh: jax.sharding.Mesh) -> Any:
     sharding = NamedSharding(mesh, PartitionSpec("data"))
 
     def put(x):
-        x = x if isinstance(x, jax.Array) else np.asarray(x)  # host data goes straight to its shards
-        if x.ndim == 0 or x.shape[0] % n:
-            raise ValueError(f"cannot shard an array of shape {x.shape} over {n} devices: the batch axis "
+        shape = np.shape(x)
+        if len(shape) == 0 or shape[0] % n:
+            raise ValueError(f"cannot shard an array of shape {shape} over {n} devices: the batch axis "
                              f"must be a multiple of {n}")
-        return jax.device_put(x, sharding)
+        return _put(x, sharding)
 
     return jax.tree.map(put, tree)
 
@@ -419,4 +435,19 @@ def shard_rollout(rollout: Rollout, mesh: jax.sharding.Mesh) -> Rollout:
 def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
     """Put every array of ``tree`` on every device of ``mesh`` (params, opt_state)."""
     sharding = NamedSharding(mesh, PartitionSpec())
-    return jax.tree.map(lambda x: jax.device_put(x, sharding), tree)
+    return jax.tree.map(lambda x: _put(x, sharding), tree)
+
+
+def to_host(tree: Any) -> Any:
+    """NumPy copies of (possibly multi-host) arrays: replicated ones from a local shard, sharded ones
+    gathered from every process."""
+    from jax.experimental import multihost_utils
+
+    def get(x):
+        if not isinstance(x, jax.Array) or x.is_fully_addressable:
+            return np.asarray(x)
+        if x.sharding.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    return jax.tree.map(get, tree)

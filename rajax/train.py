@@ -35,7 +35,11 @@ class TrainState(NamedTuple):
 
 
 class NonFinite(RuntimeError):
-    pass
+    """A non-finite reward, loss or parameter: the run stops without checkpointing it."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written."""
 
 
 @functools.partial(jax.jit, static_argnames=("model_cfg", "prompt_width"))
@@ -89,7 +93,7 @@ class Trainer:
         self.progress = progress
         self.out = pathlib.Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
-        n_dev = len(jax.local_devices())
+        n_dev = jax.device_count()  # all hosts' devices after jax.distributed.initialize
         if cfg.data.source == "synthetic":
             from rajax import synthetic
 
@@ -164,7 +168,7 @@ class Trainer:
             max_new_tokens=g.max_new_tokens, eos_id=self.tokenizer.eos_token_id,
             pad_id=self.tokenizer.pad_token_id, top_k=g.top_k, top_p=g.top_p,
             dropout=bool(g.rollout_dropout and m > 0))
-        tokens, rmask = np.asarray(s.tokens), np.asarray(s.mask)
+        tokens, rmask = ppo.to_host((s.tokens, s.mask))
         timings["time/sampling"] = time.perf_counter() - t
         t = time.perf_counter()
         responses = decode_responses(self.tokenizer, tokens, rmask, clean_up=cfg.reward.clean_up_spaces)
@@ -188,12 +192,12 @@ class Trainer:
         params, opt_state, stats, keep = ppo.ppo_step(
             self.model_cfg, cfg.ppo, self.state.params, self.state.opt_state, rollout, beta,
             np.int32(alpha_prime), k_ppo)
-        stats = {k: float(v) for k, v in jax.device_get(stats).items()}
+        stats = {k: float(v) for k, v in ppo.to_host(stats).items()}
         timings["time/ppo"] = time.perf_counter() - t
         bad = [k for k, v in stats.items() if not math.isfinite(v)]
         if bad:
             raise NonFinite(f"non-finite {bad[0]} at iteration {m}")
-        if not bool(_all_finite(params)):
+        if not bool(ppo.to_host(_all_finite(params))):
             raise NonFinite(f"non-finite policy parameters after the PPO update of iteration {m}")
         kl_state = kl_lib.update(
             self.state.kl_state, stats["objective/kl"], target=cfg.kl.target, horizon=cfg.kl.horizon,
@@ -224,7 +228,12 @@ class Trainer:
 
         meta = {"iteration": m_next, "data_position": m_next * self.cfg.train.batch_size,
                 "seed": self.cfg.train.seed, "config": config_lib.to_dict(self.cfg)}
-        ckpt.save(m_next, self._state_tree(), meta)
+        try:
+            ckpt.save(m_next, self._state_tree(), meta)
+        except OSError as e:  # disk full, permissions: Orbax leaves the previous checkpoint intact
+            prev = ckpt.latest_step()
+            kept = f"checkpoint {prev} in {ckpt.directory} is intact" if prev is not None else "no earlier checkpoint"
+            raise CheckpointError(f"writing checkpoint {m_next} failed ({e.strerror or e}); {kept}") from None
 
     def restore(self, ckpt):
         from rajax import ppo
@@ -245,7 +254,8 @@ class Trainer:
         if resume and ckpt.latest_step() is not None:
             self.restore(ckpt)
             self.log(f"resumed from {ckpt.directory} at iteration {self.start}")
-        writer = tracking.MetricsWriter(self.out, start_iteration=self.start)
+        lead = jax.process_index() == 0  # in a multi-host run only process 0 writes files
+        writer = tracking.MetricsWriter(self.out, start_iteration=self.start) if lead else None
         stop = {"signal": None}
 
         def on_signal(signum, _frame):
@@ -254,7 +264,7 @@ class Trainer:
         old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         end = self.iterations if stop_after is None else min(self.iterations, stop_after)
         bar = None
-        if self.progress:
+        if self.progress and lead:
             from tqdm import tqdm
 
             bar = tqdm(total=self.iterations, initial=self.start, desc="RA-RLHF" if cfg.risk.alpha < 1 else "RLHF",
@@ -270,9 +280,10 @@ class Trainer:
                     where = (f"the last good checkpoint is iteration {good} in {ckpt.directory}; resume with "
                              f"bin/train --resume {self.out}") if good is not None else "no checkpoint was written yet"
                     raise NonFinite(f"{e}; stopped, {where}") from None
-                writer.write(m, metrics)
+                if writer is not None:
+                    writer.write(m, metrics)
                 last = metrics
-                if cfg.train.sample_every and (m % cfg.train.sample_every == 0 or m == self.iterations - 1):
+                if lead and cfg.train.sample_every and (m % cfg.train.sample_every == 0 or m == self.iterations - 1):
                     extra = {k: fn([a + b_ for a, b_ in zip(p, r)]) for k, fn in self.extra_scorers.items()}
                     tracking.write_samples(self.out / "samples" / f"iter_{m:05d}.csv", p, r, s, extra)
                 m += 1
@@ -287,7 +298,8 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
-            writer.close()
+            if writer is not None:
+                writer.close()
             for s_, h in old.items():
                 signal.signal(s_, h)
         if ckpt.latest_step() != m:
@@ -297,13 +309,17 @@ class Trainer:
                    "interrupted": stop["signal"] is not None}
         return summary
 
+    def host_params(self):
+        from rajax import ppo
+
+        return ppo.to_host(self.state.params)
+
     def export(self) -> pathlib.Path:
         """The current policy (with value head) in Hugging Face format, plus the tokenizer."""
         from rajax.models import hf
 
         path = self.out / "model"
-        hf.save(path, self.model_cfg.replace(dtype="float32"), jax.device_get(self.state.params),
-                tokenizer=self.tokenizer)
+        hf.save(path, self.model_cfg.replace(dtype="float32"), self.host_params(), tokenizer=self.tokenizer)
         return path
 
 
@@ -389,6 +405,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override any config value, e.g. --set ppo.cliprange=0.1 (repeatable)")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("multi-host (one process per host, started by your launcher)")
+    g.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() first")
+    g.add_argument("--coordinator", help="host:port of process 0 (when not detected)")
+    g.add_argument("--num-processes", type=int)
+    g.add_argument("--process-id", type=int)
     return p
 
 
@@ -414,6 +435,11 @@ def config_from_args(args):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.distributed:
+        # Before any JAX computation: joins every process into one global device set (Slurm, Open MPI,
+        # k8s and TPU are detected; elsewhere pass --coordinator/--num-processes/--process-id).
+        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    lead = jax.process_index() == 0
     try:
         from rajax import config as config_lib
 
@@ -427,14 +453,17 @@ def main(argv=None) -> int:
         else:
             cfg = config_from_args(args)
             out = pathlib.Path(args.out or f"runs/{cfg.task}-a{cfg.risk.alpha:g}-s{cfg.train.seed}")
-        trainer = Trainer(cfg, out, progress=not args.quiet)
-        config_lib.dump_yaml(trainer.cfg, out / "config.yaml")
-        print(f"run directory: {out}\n--- resolved config ---\n{(out / 'config.yaml').read_text()}---",
-              flush=True)
+        trainer = Trainer(cfg, out, progress=not args.quiet, log=print if lead else (lambda *_: None))
+        if lead:
+            config_lib.dump_yaml(trainer.cfg, out / "config.yaml")
+            print(f"run directory: {out}\n--- resolved config ---\n{(out / 'config.yaml').read_text()}---",
+                  flush=True)
         summary = trainer.run(resume=bool(args.resume))
-    except (ValueError, FileNotFoundError, NonFinite) as e:
+    except (ValueError, FileNotFoundError, NonFinite, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if not lead:
+        return 130 if summary["interrupted"] else 0
     model_dir = trainer.export()
     from rajax import tracking
 
@@ -450,7 +479,7 @@ def main(argv=None) -> int:
         name = "ra-rlhf" if cfg.risk.alpha < 1 else "rlhf"
         res = evaluation.evaluate(
             trainer.cfg, {"init": trainer.cfg.model.policy,
-                          name: (trainer.model_cfg, jax.device_get(trainer.state.params))},
+                          name: (trainer.model_cfg, trainer.host_params())},
             out / "eval", reward=trainer.reward, tokenizer=trainer.tokenizer, task_data=trainer.data,
             extra_scorers=trainer.extra_scorers or None)
         print(f"evaluation report: {out / 'eval' / 'report.md'}")

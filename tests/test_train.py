@@ -152,3 +152,35 @@ def test_non_finite_reward_stops_and_keeps_last_good_checkpoint(world, tmp_path)
     from rajax.checkpoint import Checkpointer
 
     assert Checkpointer(tmp_path / "nan" / "checkpoints").latest_step() == 1
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_host_run_matches_one_host(world, tmp_path):
+    """Two processes x 4 CPU devices through jax.distributed == one process x 8 devices."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert train.main(_args(world, one, "--no-eval", iterations=2)) == 0
+    port = _free_port()
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "4"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "rajax.train", *_args(world, two, "--no-eval", iterations=2), "--distributed",
+             "--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    a, b = _final_params(one), _final_params(two)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5)
+    m1 = [json.loads(x) for x in (one / "metrics.jsonl").read_text().splitlines()]
+    m2 = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines()]
+    assert [r["risk/alpha_prime"] for r in m1] == [r["risk/alpha_prime"] for r in m2]
+    np.testing.assert_allclose([r["env/reward_mean"] for r in m2], [r["env/reward_mean"] for r in m1], atol=1e-5)
