@@ -41,6 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rajax.models.layers import Dense, Embed, LayerNorm, get_path, set_path
+
 Params = dict[str, Any]
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -96,41 +98,6 @@ class BertConfig:
 
 
 # ----------------------------------------------------------------------------------------- modules
-
-
-def _normal(std=0.02):
-    return nnx.initializers.normal(stddev=std)
-
-
-class Dense(nnx.Module):
-    """x @ kernel + bias with kernel (in, out), computed in x's dtype."""
-
-    def __init__(self, din: int, dout: int, *, rngs: nnx.Rngs):
-        self.kernel = nnx.Param(_normal()(rngs.params(), (din, dout), jnp.float32))
-        self.bias = nnx.Param(jnp.zeros((dout,), jnp.float32))
-
-    def __call__(self, x):
-        return x @ self.kernel[...].astype(x.dtype) + self.bias[...].astype(x.dtype)
-
-
-class LayerNorm(nnx.Module):
-    def __init__(self, dim: int, eps: float):
-        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32))
-        self.bias = nnx.Param(jnp.zeros((dim,), jnp.float32))
-        self.eps = eps
-
-    def __call__(self, x, dtype):
-        # Statistics in float32 whatever the compute dtype; eps 1e-12 would vanish in bf16 anyway.
-        xf = x.astype(jnp.float32)
-        mean = xf.mean(-1, keepdims=True)
-        var = jnp.square(xf - mean).mean(-1, keepdims=True)
-        y = (xf - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
-        return y.astype(dtype)
-
-
-class Embed(nnx.Module):
-    def __init__(self, num: int, dim: int, *, rngs: nnx.Rngs):
-        self.embedding = nnx.Param(_normal()(rngs.params(), (num, dim), jnp.float32))
 
 
 class Attention(nnx.Module):
@@ -323,16 +290,6 @@ def _hf_names(cfg: BertConfig) -> list[tuple[str, tuple, bool]]:
     return out
 
 
-def _set(tree: dict, path: tuple, value):
-    for p in path[:-1]:
-        tree = tree.setdefault(p, {})
-    tree[path[-1]] = value
-
-
-def _get(tree: dict, path: tuple):
-    for p in path:
-        tree = tree[p]
-    return tree
 
 
 def _canonical(name: str) -> str:
@@ -358,7 +315,7 @@ def params_from_state_dict(cfg: BertConfig, tensors: dict[str, np.ndarray]) -> P
             missing.append(hf)
             continue
         x = np.asarray(tensors[hf], dtype=np.float32)
-        _set(params, path, jnp.asarray(x.T if transpose else x))
+        set_path(params, path, jnp.asarray(x.T if transpose else x))
     if missing:
         head = " (no classification head: is this a base/MLM checkpoint?)" if any(
             m.startswith(("classifier", "pre_classifier")) for m in missing) else ""
@@ -375,7 +332,7 @@ def state_dict_from_params(cfg: BertConfig, params: Params) -> dict[str, np.ndar
     """Inverse of ``params_from_state_dict``: HF tensor names -> float32 numpy (Linear as (out, in))."""
     out = {}
     for hf, path, transpose in _hf_names(cfg):
-        x = np.asarray(_get(params, path), dtype=np.float32)
+        x = np.asarray(get_path(params, path), dtype=np.float32)
         out[hf] = np.ascontiguousarray(x.T if transpose else x)
     return out
 

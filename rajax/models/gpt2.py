@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rajax.models.layers import Dense, Embed, LayerNorm
+
 Params = dict[str, Any]
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -71,41 +73,6 @@ class GPT2Config:
             raise ValueError(f"unknown GPT-2 size {name!r}; choose one of {sorted(sizes)}")
         e, l, h = sizes[name]
         return cls(n_embd=e, n_layer=l, n_head=h, **kw)
-
-
-def _normal(std):
-    return nnx.initializers.normal(stddev=std)
-
-
-class Dense(nnx.Module):
-    """x @ kernel + bias with kernel (in, out), computed in ``dtype``."""
-
-    def __init__(self, din: int, dout: int, *, std: float = 0.02, rngs: nnx.Rngs):
-        self.kernel = nnx.Param(_normal(std)(rngs.params(), (din, dout), jnp.float32))
-        self.bias = nnx.Param(jnp.zeros((dout,), jnp.float32))
-
-    def __call__(self, x):
-        return x @ self.kernel[...].astype(x.dtype) + self.bias[...].astype(x.dtype)
-
-
-class LayerNorm(nnx.Module):
-    def __init__(self, dim: int, eps: float):
-        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32))
-        self.bias = nnx.Param(jnp.zeros((dim,), jnp.float32))
-        self.eps = eps
-
-    def __call__(self, x):
-        # Statistics in float32 whatever the compute dtype.
-        xf = x.astype(jnp.float32)
-        mean = xf.mean(-1, keepdims=True)
-        var = jnp.square(xf - mean).mean(-1, keepdims=True)
-        y = (xf - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
-        return y.astype(x.dtype)
-
-
-class Embed(nnx.Module):
-    def __init__(self, num: int, dim: int, *, std: float, rngs: nnx.Rngs):
-        self.embedding = nnx.Param(_normal(std)(rngs.params(), (num, dim), jnp.float32))
 
 
 def _dropout(x, rate, key):

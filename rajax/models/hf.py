@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rajax.models import gpt2
+from rajax.models.layers import get_path, set_path
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 _PREFIX = "transformer."
@@ -97,16 +98,6 @@ def _expected_shapes(cfg: gpt2.GPT2Config) -> dict[tuple, tuple]:
     return out
 
 
-def _set(tree: dict, path: tuple, value) -> None:
-    for k in path[:-1]:
-        tree = tree.setdefault(k, {})
-    tree[path[-1]] = value
-
-
-def _get(tree: dict, path: tuple):
-    for k in path:
-        tree = tree[k]
-    return tree
 
 
 def to_hf_state_dict(cfg: gpt2.GPT2Config, params, *, value_head: bool = False) -> dict[str, np.ndarray]:
@@ -117,7 +108,7 @@ def to_hf_state_dict(cfg: gpt2.GPT2Config, params, *, value_head: bool = False) 
     """
     sd = {}
     for hf_key, path in _key_map(cfg).items():
-        sd[_PREFIX + hf_key] = np.ascontiguousarray(np.asarray(_get(params, path), np.float32))
+        sd[_PREFIX + hf_key] = np.ascontiguousarray(np.asarray(get_path(params, path), np.float32))
     if value_head:
         sd.update(_value_head_to_hf(params["v_head"]))
     return sd
@@ -158,7 +149,7 @@ def from_hf_state_dict(cfg: gpt2.GPT2Config, sd: dict[str, Any], *, value_head_s
         if arr.shape != shapes[path]:
             raise ValueError(f"GPT-2 checkpoint tensor {hf_key!r} has shape {arr.shape}, expected "
                              f"{shapes[path]} from config.json")
-        _set(params, path, jnp.asarray(arr))
+        set_path(params, path, jnp.asarray(arr))
     lm = norm.pop("lm_head.weight", None)
     wte = np.asarray(params["wte"]["embedding"])
     if lm is not None and (lm.shape != wte.shape or not np.array_equal(lm, wte)):
