@@ -184,3 +184,23 @@ def test_two_host_run_matches_one_host(world, tmp_path):
     m2 = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines()]
     assert [r["risk/alpha_prime"] for r in m1] == [r["risk/alpha_prime"] for r in m2]
     np.testing.assert_allclose([r["env/reward_mean"] for r in m2], [r["env/reward_mean"] for r in m1], atol=1e-5)
+
+
+def test_failed_checkpoint_write_is_one_line_and_keeps_previous(world, tmp_path, capsys, monkeypatch):
+    from rajax.checkpoint import Checkpointer
+
+    real_save = Checkpointer.save
+
+    def save(self, step, state, meta):
+        if step == 2:
+            raise OSError(28, "No space left on device")
+        return real_save(self, step, state, meta)
+
+    monkeypatch.setattr(Checkpointer, "save", save)
+    out = tmp_path / "full-disk"
+    assert train.main(_args(world, out, "--no-eval", iterations=3)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "writing checkpoint 2 failed (No space left on device)" in err and "checkpoint 1" in err
+    monkeypatch.undo()
+    assert Checkpointer(out / "checkpoints").latest_step() == 1
