@@ -45,6 +45,7 @@ class ModelConfig:
     ref_policy: str | None = None  # None = same as policy
     tokenizer: str | None = None  # None = the policy's directory / id
     dtype: str = "float32"  # compute dtype: float32 | bfloat16
+    remat: bool = False  # rematerialise each GPT-2 block in the backward pass (memory for compute)
 
 
 @dataclasses.dataclass(frozen=True)

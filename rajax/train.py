@@ -105,7 +105,7 @@ class Trainer:
         tok_src = cfg.model.tokenizer or cfg.model.policy
         self.tokenizer = load_tokenizer(tok_src, padding_side="left")
         self.model_cfg, params = hf.load(cfg.model.policy, value_head_seed=cfg.train.seed, what="--policy")
-        self.model_cfg = self.model_cfg.replace(dtype=cfg.model.dtype)
+        self.model_cfg = self.model_cfg.replace(dtype=cfg.model.dtype, remat=cfg.model.remat)
         ref_src = cfg.model.ref_policy or cfg.model.policy
         _, ref_params = hf.load(ref_src, value_head_seed=cfg.train.seed, what="--ref-policy")
         self.reward = build_reward(cfg.reward)
