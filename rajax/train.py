@@ -168,6 +168,11 @@ class Trainer:
             max_new_tokens=g.max_new_tokens, eos_id=self.tokenizer.eos_token_id,
             pad_id=self.tokenizer.pad_token_id, top_k=g.top_k, top_p=g.top_p,
             dropout=bool(g.rollout_dropout and m > 0))
+        # Dispatch the policy/reference passes before the host work: JAX runs them asynchronously,
+        # so the device computes them while the host detokenises and the reward model tokenises.
+        input_ids, attn = sampling.sequences(ids_d, mask_d, s)
+        fwd = _forward_pair(self.model_cfg, self.state.params, self.ref_params, input_ids, attn,
+                            prompt_width=g.prompt_tokens)
         tokens, rmask = ppo.to_host((s.tokens, s.mask))
         timings["time/sampling"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -177,10 +182,8 @@ class Trainer:
         if not np.all(np.isfinite(scores)):
             raise NonFinite(f"the reward model returned non-finite scores at iteration {m}")
         t = time.perf_counter()
-        input_ids, attn = sampling.sequences(ids_d, mask_d, s)
-        logp, values, ref_logp = _forward_pair(
-            self.model_cfg, self.state.params, self.ref_params, input_ids, attn, prompt_width=g.prompt_tokens)
-        timings["time/forward"] = time.perf_counter() - t
+        logp, values, ref_logp = jax.block_until_ready(fwd)
+        timings["time/forward_wait"] = time.perf_counter() - t  # what the overlap did not hide
         alpha_prime = b if cfg.risk.alpha >= 1.0 else risk.soft_risk_level(
             m, batch_size=b, alpha=cfg.risk.alpha, n=cfg.risk.n, rho=cfg.risk.rho, M=self.risk_M,
             scheduler=cfg.risk.scheduler)

@@ -204,3 +204,20 @@ def test_failed_checkpoint_write_is_one_line_and_keeps_previous(world, tmp_path,
     assert "writing checkpoint 2 failed (No space left on device)" in err and "checkpoint 1" in err
     monkeypatch.undo()
     assert Checkpointer(out / "checkpoints").latest_step() == 1
+
+
+def test_nothing_recompiles_after_the_first_iteration(world, tmp_path):
+    from rajax import ppo, sampling
+
+    args = train.build_parser().parse_args(_args(world, tmp_path / "rc", iterations=3))
+    trainer = train.Trainer(train.config_from_args(args), tmp_path / "rc", progress=False, log=lambda *_: None)
+    fns = (sampling.sample, train._forward_pair, ppo._ppo_step_jit, trainer.reward.fn)
+
+    def sizes():
+        return [f._cache_size() for f in fns]
+
+    trainer.iteration(0)
+    after_first = sizes()
+    trainer.iteration(1)  # α′ changes from 8 to 2 here: traced, so no new program
+    trainer.iteration(2)
+    assert sizes() == after_first
