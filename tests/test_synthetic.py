@@ -181,3 +181,17 @@ def test_resolve_and_load_task_data(assets):
     bad = config.load_config(r, overrides=[f"data.path={a.root}"])
     with pytest.raises(FileNotFoundError, match="not a synthetic data directory"):
         syn.load_task_data(bad, tok)
+
+
+def test_library_example_runs(assets):
+    """examples/custom_reward.py: the RA-RLHF loop written against the library, with a Python reward."""
+    import importlib.util
+    import math
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "custom_reward.py"
+    spec = importlib.util.spec_from_file_location("custom_reward", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    last = mod.main(["--iterations", "3", "--batch", "8", "--cache", assets[0].root, "--small"])
+    assert math.isfinite(last)
