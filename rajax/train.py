@@ -341,15 +341,30 @@ def build_reward(rc):
         max_length=rc.max_length, what="--reward-model")
 
 
+_DATA_EXTS = (".csv", ".json", ".jsonl", ".parquet", ".arrow")
+
+
+def _looks_local(value: str) -> bool:
+    from rajax.models import hf
+
+    return hf._looks_local(value) or value.endswith(_DATA_EXTS)
+
+
 def preflight(cfg) -> None:
-    """Fail within seconds, in one line, when a hub id is needed and the hub cannot be reached."""
+    """Fail within seconds, in one line: a local path that does not exist, or hub ids while the hub
+    cannot be reached."""
     needs = []
     for flag, value in (("--policy", cfg.model.policy), ("--ref-policy", cfg.model.ref_policy),
-                        ("--reward-model", cfg.reward.model), ("--tokenizer", cfg.model.tokenizer)):
-        if value and not os.path.exists(value) and not _in_hf_cache(value):
+                        ("--reward-model", cfg.reward.model), ("--tokenizer", cfg.model.tokenizer),
+                        ("--data", cfg.data.path), ("--test-path", cfg.data.test_path)):
+        if not value or os.path.exists(value):
+            continue
+        if _looks_local(value) or flag == "--test-path":
+            raise FileNotFoundError(f"{flag} {value}: no such file or directory")
+        if flag == "--data" or not _in_hf_cache(value):
             needs.append(f"{flag} {value}")
     if cfg.data.source in ("imdb", "rtp") and not cfg.data.path:
-        needs.append(f"--data (hub dataset for {cfg.data.source})")
+        needs.append(f"--data (the hub dataset of {cfg.data.source})")
     if cfg.data.source == "jigsaw" and not cfg.data.path:
         raise ValueError("the Jigsaw task needs the Kaggle CSVs: pass --data DIR (and --test-path CSV)")
     if needs and not _hub_reachable():

@@ -221,3 +221,11 @@ def test_nothing_recompiles_after_the_first_iteration(world, tmp_path):
     trainer.iteration(1)  # α′ changes from 8 to 2 here: traced, so no new program
     trainer.iteration(2)
     assert sizes() == after_first
+
+
+def test_missing_local_path_is_named(world, tmp_path, capsys):
+    args = _args(world, tmp_path / "x")
+    args[args.index("--policy") + 1] = str(tmp_path / "no-such-model")
+    assert train.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: --policy {tmp_path / 'no-such-model'}: no such file or directory"
