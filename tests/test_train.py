@@ -229,3 +229,23 @@ def test_missing_local_path_is_named(world, tmp_path, capsys):
     assert train.main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"error: --policy {tmp_path / 'no-such-model'}: no such file or directory"
+
+
+def test_sigterm_finishes_the_iteration_checkpoints_and_exits(world, tmp_path):
+    import signal
+
+    from rajax.checkpoint import Checkpointer
+
+    out = tmp_path / "term"
+    proc = subprocess.Popen([sys.executable, "-m", "rajax.train", *_args(world, out, "--no-eval", iterations=34)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while not (out / "checkpoints" / "1").is_dir() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, output[-3000:]
+    done = len((out / "metrics.jsonl").read_text().splitlines())
+    assert 1 <= done < 34
+    assert Checkpointer(out / "checkpoints").latest_step() == done  # the stopping iteration is saved
+    assert f"bin/train --resume {out}" in output
