@@ -93,11 +93,11 @@ def peak_memory():
     return stats.get("peak_bytes_in_use")
 
 
-def ppo_flops(cfg: gpt2.GPT2Config, b: int, t: int, epochs: int) -> float:
-    """Model FLOPs of the PPO update: epochs x (forward + backward = 3 x forward) at B x T tokens."""
-    e, l, v = cfg.n_embd, cfg.n_layer, cfg.vocab_size
-    matmul_params = 12 * l * e * e + v * e  # attention 4E², MLP 8E² per layer, LM head
-    fwd = 2 * b * t * matmul_params + 4 * b * l * t * t * e  # + QK^T and AV (full square)
+def ppo_flops(cfg: gpt2.GPT2Config, b: int, p: int, n: int, epochs: int) -> float:
+    """Model FLOPs of the PPO update: epochs x (forward + backward = 3 x forward) on B x (P+N) tokens,
+    the LM head on the N response positions only (that is all rajax computes)."""
+    e, l, v, t = cfg.n_embd, cfg.n_layer, cfg.vocab_size, p + n
+    fwd = 2 * b * t * 12 * l * e * e + 2 * b * n * v * e + 4 * b * l * t * t * e  # blocks, LM head, attention
     return 3.0 * epochs * fwd
 
 
@@ -156,7 +156,7 @@ def bench_task(task, args):
         compiles.append({"sampling": sampling.sample._cache_size(), "forward": _forward_pair._cache_size(),
                          "ppo": ppo._ppo_step_jit._cache_size(), "reward": reward.fn._cache_size()})
     med = {k: statistics.median(v) for k, v in times.items()}
-    flops = ppo_flops(cfg, b, p_len + n_new, pcfg.ppo_epochs)
+    flops = ppo_flops(cfg, b, p_len, n_new, pcfg.ppo_epochs)
     return {
         "task": task, "model": args.model, "dtype": args.dtype, "remat": args.remat, "batch": b,
         "prompt": p_len, "new_tokens": n_new, "device": str(jax.devices()[0].device_kind),

@@ -152,7 +152,9 @@ def forward(model_cfg: gpt2.GPT2Config, params, input_ids: jax.Array, attention_
         raise ValueError(f"prompt_width={p} must be in [1, {input_ids.shape[1] - 1}] for sequences of "
                          f"length {input_ids.shape[1]}")
     out = gpt2.apply(model_cfg, params, input_ids, attention_mask)
-    logits = out.logits[:, p - 1:-1]
+    # Logits of the response positions only: the LM head over the prompt would be wasted work
+    # (and memory: [B, T, V] float32), and XLA drops apply's unused full logits.
+    logits = gpt2.lm_head(model_cfg, params, out.hidden[:, p - 1:-1])
     logp = gpt2.logprobs_of(logits, input_ids[:, p:])
     return logp, out.values[:, p - 1:-1], entropy_from_logits(logits), logits
 

@@ -92,7 +92,7 @@ def sample(
     init = dict(
         step=jnp.zeros((), jnp.int32),
         cache=out.cache,
-        logits=out.logits[:, -1],
+        logits=gpt2.lm_head(cfg, params, out.hidden[:, -1]),  # only the last prompt position
         done=jnp.zeros((b,), bool),
         tokens=jnp.full((b, n), pad_id, jnp.int32),
         mask=jnp.zeros((b, n), jnp.int32),

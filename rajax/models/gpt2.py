@@ -178,11 +178,22 @@ class GPT2(nnx.Module):
                 new_k.append(kv[0])
                 new_v.append(kv[1])
         hidden = self.ln_f(x)
-        logits = (hidden @ self.wte.embedding[...].astype(dt).T).astype(jnp.float32)
+        logits = _tied_logits(hidden, self.wte.embedding[...])
         # Value head in float32 (TRL upcasts it); its dropout is irrelevant since passes are eval-mode.
         values = self.v_head(hidden.astype(jnp.float32))[..., 0]
         new_cache = None if cache is None else {"k": jnp.stack(new_k), "v": jnp.stack(new_v)}
         return logits, values, hidden, new_cache
+
+
+def _tied_logits(hidden, wte):
+    """LM head tied to the token embeddings: matmul in the compute dtype, logits in float32."""
+    return (hidden @ wte.astype(hidden.dtype).T).astype(jnp.float32)
+
+
+def lm_head(cfg: GPT2Config, params: Params, hidden: jax.Array) -> jax.Array:
+    """Logits (float32) of some final hidden states (``Output.hidden``), e.g. only the positions a
+    caller needs: under jit the unused full-sequence logits of ``apply`` are then never computed."""
+    return _tied_logits(hidden.astype(cfg.compute_dtype), params["wte"]["embedding"])
 
 
 class Output(NamedTuple):
