@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rajax import sampling
+from rajax import sampling, tasks
 from rajax.models import gpt2
 
 # ----------------------------------------------------------------------------------------------
@@ -217,7 +217,7 @@ def min_new_tokens(prompt_mask, gen_cfg) -> np.ndarray:
 
 
 def generate(cfg: gpt2.GPT2Config, params, tokenizer, prompt_set, *, gen_cfg, batch_size: int,
-             key: jax.Array, progress: bool = False, desc: str = "generate") -> list[str]:
+             key: jax.Array, progress: bool = False, desc: str = "generate", clean_up: bool = False) -> list[str]:
     """One sampled continuation per prompt, decoded WITH special tokens (EOS kept, quirk #13).
 
     Prompts are processed in file order in batches of ``batch_size`` (the last one is padded with
@@ -253,8 +253,8 @@ def generate(cfg: gpt2.GPT2Config, params, tokenizer, prompt_set, *, gen_cfg, ba
         s = sampling.sample(cfg, params, jnp.asarray(ids[take]), jnp.asarray(mask[take]),
                             jax.random.fold_in(key, b), jnp.asarray(mins[take]), temp, **kw)
         toks, m = jax.device_get((s.tokens, s.mask))
-        for j in range(len(rows)):
-            responses.append(tokenizer.decode(toks[j][m[j] > 0].tolist(), skip_special_tokens=False))
+        # Decoded exactly as in training (rajax.train.decode_responses), so rewards are comparable.
+        responses += tasks.decode_all(tokenizer, [toks[j][m[j] > 0] for j in range(len(rows))], clean_up=clean_up)
     return responses
 
 
@@ -466,7 +466,8 @@ def evaluate(cfg, policies: Mapping[str, Any], out_dir: str, *, reward=None, tok
         mcfg, params = _load_policy(spec, name, cfg.model.dtype)
         params = jax.tree.map(jnp.asarray, params)
         resp = generate(mcfg, params, tokenizer, test, gen_cfg=cfg.generation, batch_size=ev.batch_size,
-                        key=jax.random.fold_in(key, i), progress=progress, desc=f"generate {name}")
+                        key=jax.random.fold_in(key, i), progress=progress, desc=f"generate {name}",
+                        clean_up=bool(getattr(cfg.reward, "clean_up_spaces", False)))
         r = np.asarray(reward(prompts, resp), np.float64)
         rewards_by[name] = r
         table[f"response_{name}"] = resp
