@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from rajax import evaluation as E
+from tiny import bpe_tokenizer
 
 # ------------------------------------------------------------------------------------------ metrics
 
@@ -67,14 +68,7 @@ SENTENCES = [
 
 
 def make_gpt2_tokenizer(d):
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(SENTENCES, vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"],
-                            show_progress=False)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<|endoftext|>",
-                                  eos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    tok = bpe_tokenizer(SENTENCES)
     tok.save_pretrained(d)
     return tok
 

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 
 from rajax import sft
 from rajax.models import gpt2
+from tiny import bpe_tokenizer
 
 CFG = gpt2.GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=2)
 
@@ -124,14 +125,9 @@ SENTENCES = [
 
 def _tiny_hf_gpt2(d):
     import torch
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers import GPT2Config, GPT2LMHeadModel
 
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(SENTENCES, vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"],
-                            show_progress=False)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<|endoftext|>",
-                                  eos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    tok = bpe_tokenizer(SENTENCES)
     torch.manual_seed(0)
     m = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=2,
                                    bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id))

@@ -17,6 +17,7 @@ import pytest
 
 from rajax import train
 from rajax.models import bert, gpt2, hf
+from tiny import bpe_tokenizer
 
 WORDS = ("the a cat dog bird runs sleeps eats fast slow very you idiot stupid awful nice kind good "
          "bad happy sad tree house river sun moon walks talks sings loud quiet").split()
@@ -32,16 +33,10 @@ TINY = [
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Tokenizer + random GPT-2 policy + random BERT classifier + an RTP-format prompts.jsonl."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import PreTrainedTokenizerFast
-
     root = tmp_path_factory.mktemp("world")
     rng = np.random.default_rng(0)
     sentences = [" ".join(rng.choice(WORDS, size=rng.integers(5, 14))) for _ in range(400)]
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(sentences, vocab_size=300, special_tokens=["<|endoftext|>"])
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>",
-                                  pad_token="<|endoftext|>", bos_token="<|endoftext|>")
+    tok = bpe_tokenizer(sentences)
     cfg = gpt2.GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=2)
     hf.save(root / "policy", cfg, gpt2.init(cfg, jax.random.key(0)), tokenizer=tok)
     bcfg = bert.BertConfig(vocab_size=len(tok), hidden=32, layers=1, heads=2, intermediate=37,
