@@ -25,7 +25,7 @@ import re
 import shutil
 import tempfile
 import time
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
@@ -326,7 +326,6 @@ def toxic_target(texts: Sequence[str]) -> np.ndarray:
 def _train_classifier(tokenizer, texts: Sequence[str], *, epochs: int, seed: int, progress: bool):
     """A tiny BERT (one logit, label ``toxic``) fit with sigmoid BCE to :func:`toxic_target`."""
     import jax
-    import jax.numpy as jnp
     import optax
 
     from rajax.models import bert

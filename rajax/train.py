@@ -12,7 +12,6 @@ iteration and the data order is a seeded permutation, so a resumed run replays e
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import json
 import math
@@ -26,6 +25,13 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from rajax import config as config_lib
+from rajax import kl as kl_lib
+from rajax import ppo, rewards, risk, sampling, tasks, tracking
+from rajax.checkpoint import Checkpointer
+from rajax.models import hf
+from rajax.tokenizer import load_tokenizer
 
 
 class TrainState(NamedTuple):
@@ -45,8 +51,6 @@ class CheckpointError(RuntimeError):
 @functools.partial(jax.jit, static_argnames=("model_cfg", "prompt_width"))
 def _forward_pair(model_cfg, params, ref_params, input_ids, attention_mask, *, prompt_width):
     """Old-policy log-probs and values, and reference log-probs (both eval mode, quirk #11)."""
-    from rajax import ppo
-
     logp, values, _ = ppo.forward(model_cfg, params, input_ids, attention_mask, prompt_width)[:3]
     ref_logp = ppo.forward(model_cfg, ref_params, input_ids, attention_mask, prompt_width)[0]
     return logp, values, ref_logp
@@ -59,8 +63,6 @@ def _all_finite(tree):
 
 def decode_responses(tokenizer, tokens_BxN: np.ndarray, mask_BxN: np.ndarray, *, clean_up: bool = False) -> list[str]:
     """Response text as the original code scored it: cut after the first EOS (kept), special tokens kept."""
-    from rajax import tasks
-
     return tasks.decode_all(tokenizer, [t[m > 0] for t, m in zip(tokens_BxN, mask_BxN)], clean_up=clean_up)
 
 
@@ -71,8 +73,6 @@ def cvar_of(x: np.ndarray, alpha: float) -> float:
 
 
 def _min_new_tokens(cfg, prompt_mask):
-    from rajax import sampling
-
     g = cfg.generation
     if g.min_length_mode == "trl":
         return sampling.min_new_tokens_like_trl(prompt_mask, g.min_length)
@@ -83,12 +83,6 @@ class Trainer:
     """Holds the loaded models, data and compiled steps of one run. ``run()`` drives the loop."""
 
     def __init__(self, cfg, out_dir, *, progress: bool = True, log=print):
-        from rajax import config as config_lib
-        from rajax import kl as kl_lib
-        from rajax import ppo, rewards, tasks
-        from rajax.models import hf
-        from rajax.tokenizer import load_tokenizer
-
         self.log = log
         self.progress = progress
         self.out = pathlib.Path(out_dir)
@@ -140,8 +134,6 @@ class Trainer:
 
     # --- one iteration -------------------------------------------------------------------------
     def batch_prompts(self, m: int):
-        from rajax import tasks
-
         b = self.cfg.train.batch_size
         idx = self.order[m * b:(m + 1) * b]
         ids = [self.data.train.ids[i] for i in idx]
@@ -151,9 +143,6 @@ class Trainer:
         return np.asarray(prompt_ids), np.asarray(prompt_mask), texts
 
     def iteration(self, m: int):
-        from rajax import kl as kl_lib
-        from rajax import ppo, risk, sampling
-
         cfg, g = self.cfg, self.cfg.generation
         b = cfg.train.batch_size
         timings = {}
@@ -227,8 +216,6 @@ class Trainer:
                 "kl": self.state.kl_state}
 
     def save(self, ckpt, m_next: int):
-        from rajax import config as config_lib
-
         meta = {"iteration": m_next, "data_position": m_next * self.cfg.train.batch_size,
                 "seed": self.cfg.train.seed, "config": config_lib.to_dict(self.cfg)}
         try:
@@ -239,8 +226,6 @@ class Trainer:
             raise CheckpointError(f"writing checkpoint {m_next} failed ({e.strerror or e}); {kept}") from None
 
     def restore(self, ckpt):
-        from rajax import ppo
-
         tree, meta = ckpt.restore(self._state_tree())
         self.state = TrainState(ppo.replicate(tree["params"], self.mesh),
                                 ppo.replicate(tree["opt_state"], self.mesh), ppo.replicate(tree["kl"], self.mesh))
@@ -249,9 +234,6 @@ class Trainer:
 
     # --- the loop --------------------------------------------------------------------------------
     def run(self, *, resume: bool = False, stop_after: int | None = None) -> dict:
-        from rajax import tracking
-        from rajax.checkpoint import Checkpointer
-
         cfg = self.cfg
         ckpt = Checkpointer(self.out / "checkpoints", keep=cfg.train.keep_checkpoints)
         if resume and ckpt.latest_step() is not None:
@@ -313,14 +295,10 @@ class Trainer:
         return summary
 
     def host_params(self):
-        from rajax import ppo
-
         return ppo.to_host(self.state.params)
 
     def export(self) -> pathlib.Path:
         """The current policy (with value head) in Hugging Face format, plus the tokenizer."""
-        from rajax.models import hf
-
         path = self.out / "model"
         hf.save(path, self.model_cfg.replace(dtype="float32"), self.host_params(), tokenizer=self.tokenizer)
         return path
@@ -331,8 +309,6 @@ _REWARD_KINDS = {"toxic": ("toxic", -1), "positive": ("POSITIVE", +1)}
 
 def build_reward(rc):
     """The reward of a config's ``reward`` section: the kind's label and sign unless overridden."""
-    from rajax import rewards
-
     if rc.kind not in _REWARD_KINDS:
         raise ValueError(f"reward.kind {rc.kind!r} is not one of {sorted(_REWARD_KINDS)}")
     label, sign = _REWARD_KINDS[rc.kind]
@@ -345,8 +321,6 @@ _DATA_EXTS = (".csv", ".json", ".jsonl", ".parquet", ".arrow")
 
 
 def _looks_local(value: str) -> bool:
-    from rajax.models import hf
-
     return hf._looks_local(value) or value.endswith(_DATA_EXTS)
 
 
@@ -432,8 +406,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args):
-    from rajax import config as config_lib
-
     over = list(args.set)
     flag_map = {
         "alpha": "risk.alpha", "risk_n": "risk.n", "risk_rho": "risk.rho", "risk_M": "risk.M",
@@ -459,8 +431,6 @@ def main(argv=None) -> int:
         jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     lead = jax.process_index() == 0
     try:
-        from rajax import config as config_lib
-
         if args.resume:
             run_dir = pathlib.Path(args.resume)
             saved = run_dir / "config.yaml"
@@ -483,8 +453,6 @@ def main(argv=None) -> int:
     if not lead:
         return 130 if summary["interrupted"] else 0
     model_dir = trainer.export()
-    from rajax import tracking
-
     tracking.plot_curves(out)
     print(f"exported policy: {model_dir}")
     if summary["interrupted"]:

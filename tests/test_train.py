@@ -6,7 +6,6 @@ out-of-range values; a non-finite reward stopping the run with the last good che
 """
 import json
 import os
-import pathlib
 import subprocess
 import sys
 import time
