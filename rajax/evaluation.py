@@ -20,6 +20,7 @@ Pure metrics are NumPy functions; the model parts are jitted JAX.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -217,8 +218,12 @@ def min_new_tokens(prompt_mask, gen_cfg) -> np.ndarray:
 
 
 def generate(cfg: gpt2.GPT2Config, params, tokenizer, prompt_set, *, gen_cfg, batch_size: int,
-             key: jax.Array, progress: bool = False, desc: str = "generate", clean_up: bool = False) -> list[str]:
+             key: jax.Array, progress: bool = False, desc: str = "generate", clean_up: bool = False,
+             return_tokens: bool = False):
     """One sampled continuation per prompt, decoded WITH special tokens (EOS kept, quirk #13).
+
+    Returns the response strings, or with ``return_tokens`` ``(strings, tokens [N, max_new],
+    response mask [N, max_new])``.
 
     Prompts are processed in file order in batches of ``batch_size`` (the last one is padded with
     copies so every call has the same shape); the minimum length is computed over the whole set
@@ -242,6 +247,7 @@ def generate(cfg: gpt2.GPT2Config, params, tokenizer, prompt_set, *, gen_cfg, ba
               top_k=int(_gen_field(gen_cfg, "top_k", 0)), top_p=float(_gen_field(gen_cfg, "top_p", 1.0)))
     bs = max(1, min(batch_size, n))
     responses: list[str] = []
+    tok_rows, mask_rows = [], []
     rng = range(0, n, bs)
     if progress:
         from tqdm.auto import tqdm
@@ -255,7 +261,36 @@ def generate(cfg: gpt2.GPT2Config, params, tokenizer, prompt_set, *, gen_cfg, ba
         toks, m = jax.device_get((s.tokens, s.mask))
         # Decoded exactly as in training (rajax.train.decode_responses), so rewards are comparable.
         responses += tasks.decode_all(tokenizer, [toks[j][m[j] > 0] for j in range(len(rows))], clean_up=clean_up)
+        tok_rows.append(toks[:len(rows)])
+        mask_rows.append(m[:len(rows)])
+    if return_tokens:
+        return responses, np.concatenate(tok_rows), np.concatenate(mask_rows)
     return responses
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _kl_sums(cfg, params, ref_params, ids, mask, toks, rmask):
+    from rajax import ppo
+
+    seq = jnp.concatenate([ids, toks], axis=1)
+    attn = jnp.concatenate([mask, rmask], axis=1)
+    p = ids.shape[1]
+    logp = ppo.forward(cfg, params, seq, attn, p)[0]
+    ref_logp = ppo.forward(cfg, ref_params, seq, attn, p)[0]
+    return ((logp - ref_logp) * rmask).sum(-1)
+
+
+def kl_sums(cfg, params, ref_params, prompt_ids, prompt_mask, tokens, response_mask, *, batch_size: int):
+    """Σ_t (log π − log π_ref) over each response's tokens (the KL part of R̄, spec §4.1)."""
+    n = len(tokens)
+    bs = max(1, min(batch_size, n))
+    out = []
+    for start in range(0, n, bs):
+        rows = np.arange(start, min(start + bs, n))
+        take = np.concatenate([rows, np.full(bs - len(rows), rows[-1])])  # one shape, one compile
+        out.append(np.asarray(_kl_sums(cfg, params, ref_params, prompt_ids[take], prompt_mask[take],
+                                       tokens[take], response_mask[take]))[:len(rows)])
+    return np.concatenate(out).astype(np.float64)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -301,7 +336,8 @@ def plot_histograms(path: str, columns: Mapping[str, np.ndarray], labels, *, tas
     plt.close(fig)
 
 
-def plot_quantiles(path: str, prompt_scores, rewards: Mapping[str, np.ndarray]):
+def plot_quantiles(path: str, prompt_scores, rewards: Mapping[str, np.ndarray], *,
+                   ylabel: str = "mean reward over the lower quantile"):
     """Reward vs prompt-score quantile: the cumulative lower-tail mean, one line per policy."""
     import matplotlib
 
@@ -313,7 +349,7 @@ def plot_quantiles(path: str, prompt_scores, rewards: Mapping[str, np.ndarray]):
     for name, r in rewards.items():
         ax.plot(qs, quantile_curve(prompt_scores, r, qs), label=name)
     ax.set_xlabel("quantile of prompt score (%)")
-    ax.set_ylabel("mean reward over the lower quantile")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -330,11 +366,11 @@ def metrics_table(metrics: dict) -> str:
     pols = metrics["policies"]
     alphas = metrics["cvar_alphas"]
     extras = sorted({k for m in pols.values() for k in m.get("extra", {})})
-    head = ["policy", "reward", "tail", *[f"CVaR@{a:g}" for a in alphas], "perplexity", *extras]
+    head = ["policy", "reward", "tail", *[f"CVaR@{a:g}" for a in alphas], "R̄", "perplexity", *extras]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m in pols.items():
         row = [name, _fmt(m["reward"]), _fmt(m["tail"]), *[_fmt(m["cvar"][f"{a:g}"]) for a in alphas],
-               _fmt(m["perplexity"]), *[_fmt(m.get("extra", {}).get(e)) for e in extras]]
+               _fmt(m.get("return")), _fmt(m["perplexity"]), *[_fmt(m.get("extra", {}).get(e)) for e in extras]]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -398,13 +434,15 @@ def build_reward(rc):
 
 def evaluate(cfg, policies: Mapping[str, Any], out_dir: str, *, reward=None, tokenizer=None, task_data=None,
              extra_scorers: Mapping[str, Callable[[list[str]], np.ndarray]] | None = None,
-             key: jax.Array | None = None, progress: bool = True) -> dict:
+             key: jax.Array | None = None, progress: bool = True, ref: str | None = None) -> dict:
     """Evaluate ``policies`` (name -> path/hub id or ``(GPT2Config, params)``) on the task's test set.
 
     ``cfg`` is a ``rajax.config.Config`` (its ``generation``, ``eval``, ``reward``, ``model``, ``data``
     sections are used). ``reward`` (an object with ``score_texts`` and ``__call__(prompts,
     responses)``), ``tokenizer`` and ``task_data`` are built from ``cfg`` when not given.
     ``extra_scorers`` map a name to a function of the ``prompt + response`` texts.
+    ``ref`` names the policy that is the KL reference of R̄ (default: the first one, e.g. the SFT /
+    starting policy): R̄ = reward − β·Σ_t (log π − log π_ref) with β = ``kl.init_coef`` (0.2, spec §4.1).
     Writes ``generations.csv``, ``metrics.json``, ``metrics.md``, ``hist.png``, ``quantile.png`` and
     ``report.md`` into ``out_dir`` and returns the metrics dict.
     """
@@ -460,20 +498,35 @@ def evaluate(cfg, policies: Mapping[str, Any], out_dir: str, *, reward=None, tok
     # task data built elsewhere.
     ppl_texts = list(task_data.ppl_texts or [])[: ev.ppl_num_texts]
 
+    ref = next(iter(policies)) if ref is None else ref
+    if ref not in policies:
+        raise ValueError(f"the KL reference {ref!r} is not one of the evaluated policies {list(policies)}")
+    ref_cfg, ref_params = _load_policy(policies[ref], ref, cfg.model.dtype)
+    ref_params = jax.tree.map(jnp.asarray, ref_params)
+    beta = float(cfg.kl.init_coef)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    prompt_ids, prompt_mask = prompt_arrays(test, pad)
     per_policy: dict[str, dict] = {}
     rewards_by: dict[str, np.ndarray] = {}
+    returns_by: dict[str, np.ndarray] = {}
     for i, (name, spec) in enumerate(policies.items()):
-        mcfg, params = _load_policy(spec, name, cfg.model.dtype)
+        mcfg, params = (ref_cfg, ref_params) if name == ref else _load_policy(spec, name, cfg.model.dtype)
         params = jax.tree.map(jnp.asarray, params)
-        resp = generate(mcfg, params, tokenizer, test, gen_cfg=cfg.generation, batch_size=ev.batch_size,
-                        key=jax.random.fold_in(key, i), progress=progress, desc=f"generate {name}",
-                        clean_up=bool(getattr(cfg.reward, "clean_up_spaces", False)))
+        resp, toks, rmask = generate(
+            mcfg, params, tokenizer, test, gen_cfg=cfg.generation, batch_size=ev.batch_size,
+            key=jax.random.fold_in(key, i), progress=progress, desc=f"generate {name}",
+            clean_up=bool(getattr(cfg.reward, "clean_up_spaces", False)), return_tokens=True)
         r = np.asarray(reward(prompts, resp), np.float64)
         rewards_by[name] = r
         table[f"response_{name}"] = resp
         table[f"reward_{name}"] = r
+        r_bar = r - beta * kl_sums(mcfg, params, ref_params, prompt_ids, prompt_mask, toks, rmask,
+                                   batch_size=ev.batch_size)
+        returns_by[name] = r_bar
+        table[f"R_bar_{name}"] = r_bar
         m = {
             "reward": float(r.mean()),
+            "return": float(r_bar.mean()),
             "tail": tail_mean(r, prompt_scores, ev.tail_threshold, ev.tail_inclusive),
             "cvar": {f"{a:g}": cvar(r, a) for a in ev.cvar_alphas},
             "perplexity": float("nan"),
@@ -501,6 +554,8 @@ def evaluate(cfg, policies: Mapping[str, Any], out_dir: str, *, reward=None, tok
         "tail_inclusive": bool(ev.tail_inclusive),
         "cvar_alphas": [float(a) for a in ev.cvar_alphas],
         "n_ppl_texts": len(ppl_texts),
+        "kl_reference": ref,
+        "kl_beta": beta,
         "prompt_score": {"mean": float(prompt_scores.mean()),
                          "tail": float(prompt_scores[tail_sel].mean()) if tail_sel.any() else float("nan")},
         "policies": per_policy,
@@ -524,6 +579,8 @@ def evaluate(cfg, policies: Mapping[str, Any], out_dir: str, *, reward=None, tok
         lab_arr = np.array([np.nan if v is None else float(v) for v in labels])
     plot_histograms(os.path.join(out_dir, "hist.png"), hist_cols, lab_arr, task=cfg.task)
     plot_quantiles(os.path.join(out_dir, "quantile.png"), prompt_scores, rewards_by)
+    plot_quantiles(os.path.join(out_dir, "quantile_returns.png"), prompt_scores, returns_by,
+                   ylabel="mean KL-penalised return R̄ over the lower quantile")
     cmp = "<=" if ev.tail_inclusive else "<"
     report = [
         f"# Evaluation: {cfg.task}",
@@ -545,6 +602,10 @@ def evaluate(cfg, policies: Mapping[str, Any], out_dir: str, *, reward=None, tok
         "## Reward vs prompt-score quantile (cumulative lower-tail mean)",
         "",
         "![quantile](quantile.png)",
+        "",
+        f"## KL-penalised return R̄ vs prompt-score quantile (β = {beta:g}, reference: {ref})",
+        "",
+        "![quantile of returns](quantile_returns.png)",
         "",
         "Generations: `generations.csv`.",
         "",
@@ -587,6 +648,8 @@ def _parser():
     p.add_argument("--config", default=None, help="a user YAML applied over the task preset")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default: train.seed)")
+    p.add_argument("--ref", default=None, metavar="NAME",
+                   help="the policy that is the KL reference of R̄ (default: the first --policy)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -615,7 +678,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             extra = {"ground_truth": synthetic.ground_truth_score}
         out = args.out or f"runs/eval-{cfg.task}"
         key = None if args.seed is None else jax.random.key(args.seed)
-        m = evaluate(cfg, policies, out, key=key, extra_scorers=extra, progress=not args.no_progress)
+        m = evaluate(cfg, policies, out, key=key, extra_scorers=extra, progress=not args.no_progress,
+                     ref=args.ref)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -258,8 +258,17 @@ def test_bin_evaluate_writes_csv_metrics_figures_report(eval_run, tiny):
     for fig in ("hist.png", "quantile.png"):
         img = imread(out / fig)
         assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100 and img.std() > 0
+    # R̄ = reward - 0.2 * KL to the reference (the first policy, a): for a itself it is the reward.
+    np.testing.assert_allclose(df["R_bar_a"], df["reward_a"], atol=1e-9)
+    assert not np.allclose(df["R_bar_b"], df["reward_b"])
+    for name in ("a", "b"):
+        assert m["policies"][name]["return"] == pytest.approx(df[f"R_bar_{name}"].mean(), rel=1e-6)
+    assert m["kl_reference"] == "a" and m["kl_beta"] == pytest.approx(0.2)
+    img = imread(out / "quantile_returns.png")
+    assert img.ndim == 3 and img.std() > 0
     rep = (out / "report.md").read_text()
     assert "hist.png" in rep and "quantile.png" in rep and "| a |" in rep and "| b |" in rep
+    assert "quantile_returns.png" in rep
     assert "| a |" in (out / "metrics.md").read_text() and "| a |" in stdout
 
 
@@ -321,3 +330,34 @@ def test_perplexity_encoding_with_the_real_gpt2_tokenizer(shared_data):
 
     tok = load_tokenizer(str(shared_data / "gpt2-tokenizer"))
     assert E.encode_for_perplexity(tok, ["Hello world, bye"], max_chars=11) == [[50256, 15496, 995]]
+
+
+def test_kl_sums_match_transformers(eval_run, tiny):
+    """Σ_t (log π_b − log π_a) over ragged responses after left-padded prompts, against torch per row."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    from rajax.models import hf
+
+    root = tiny["root"]
+    cfg_b, params_b = hf.load(str(root / "gpt2b"))
+    tm_a, tm_b = tiny["torch_model"], GPT2LMHeadModel.from_pretrained(root / "gpt2b")
+    rng = np.random.default_rng(0)
+    B, P, N, V = 5, 4, 6, tiny["cfg"].vocab_size
+    ids = rng.integers(0, V - 1, (B, P)).astype(np.int32)
+    pmask = np.ones((B, P), np.int32)
+    pmask[1, :2] = 0
+    pmask[3, :3] = 0
+    toks = rng.integers(0, V - 1, (B, N)).astype(np.int32)
+    lens = np.array([6, 3, 1, 5, 6])
+    rmask = (np.arange(N)[None] < lens[:, None]).astype(np.int32)
+    got = E.kl_sums(cfg_b, params_b, tiny["params"], ids, pmask, toks, rmask, batch_size=2)
+    for j in range(B):
+        seq = np.concatenate([ids[j][pmask[j] > 0], toks[j][: lens[j]]])
+        x = torch.tensor(seq[None].astype(np.int64))
+        with torch.no_grad():
+            la = torch.log_softmax(tm_a(x).logits[0].double(), -1)
+            lb = torch.log_softmax(tm_b(x).logits[0].double(), -1)
+        p = int(pmask[j].sum())
+        want = sum(float(lb[p - 1 + t, seq[p + t]] - la[p - 1 + t, seq[p + t]]) for t in range(lens[j]))
+        assert got[j] == pytest.approx(want, abs=1e-4)
