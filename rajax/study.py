@@ -4,7 +4,8 @@
 
 Runs ``bin/train`` for the RLHF baseline (α = 1) and for RA-RLHF (the preset's α, or ``--alpha``) for
 each seed, each with its end-of-run evaluation, then writes ``study.md`` / ``study.json`` in ``--out``:
-mean ± sample std over seeds of reward, tail reward, CVaR at each ``eval.cvar_alphas``, perplexity and
+mean ± sample std over seeds of reward, tail reward, CVaR at each ``eval.cvar_alphas``, the KL-penalised
+return R̄ (reference: the starting policy), perplexity and
 every extra score (the synthetic task's ground truth), plus the starting policy's row.
 Extra arguments after ``--`` go to every ``bin/train`` call.
 """
@@ -20,6 +21,8 @@ import sys
 def _row(m: dict) -> dict:
     r = {"reward": m["reward"], "tail": m["tail"]}
     r.update({f"CVaR {a}": v for a, v in m["cvar"].items()})
+    if "return" in m:
+        r["R̄"] = m["return"]
     r.update(m.get("extra", {}))
     r["perplexity"] = m["perplexity"]
     return r
