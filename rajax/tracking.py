@@ -30,8 +30,10 @@ class MetricsWriter:
         self._f = self.path.open("a")
         self._tb = None
         if tensorboard:
-            from tensorboardX import SummaryWriter
-
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError:  # images without tensorboardX (e.g. the GPU image): same event files
+                from torch.utils.tensorboard import SummaryWriter
             self._tb = SummaryWriter(str(pathlib.Path(out_dir) / "tb"), purge_step=start_iteration)
 
     def write(self, iteration: int, scalars: dict[str, float]) -> None:
