@@ -178,12 +178,12 @@ def load_reward_model(name_or_path: str, *, label: str | None = None, index: int
 
 def toxic_bert(path: str = "unitary/toxic-bert", **kw) -> RewardModel:
     """Jigsaw/RTP reward: −logit("toxic") of unitary/toxic-bert (higher = less toxic), spec §3.2."""
-    return load_reward_model(path, label="toxic", sign=-1, **kw)
+    return load_reward_model(path, **{"label": "toxic", "sign": -1, **kw})  # overridable
 
 
 def distilbert_imdb(path: str = "lvwerra/distilbert-imdb", **kw) -> RewardModel:
     """IMDB reward: +logit("POSITIVE") of lvwerra/distilbert-imdb, spec §3.1."""
-    return load_reward_model(path, label="POSITIVE", sign=+1, **kw)
+    return load_reward_model(path, **{"label": "POSITIVE", "sign": +1, **kw})  # overridable
 
 
 _TASKS = {"toxic": toxic_bert, "positive": distilbert_imdb}

@@ -91,7 +91,7 @@ class Trainer:
         if cfg.data.source == "synthetic":
             from rajax import synthetic
 
-            cfg = synthetic.resolve(cfg)
+            cfg = synthetic.resolve(cfg, progress=progress)
         config_lib.validate(cfg, num_devices=n_dev)
         preflight(cfg)
         self.cfg = cfg
@@ -304,17 +304,10 @@ class Trainer:
         return path
 
 
-_REWARD_KINDS = {"toxic": ("toxic", -1), "positive": ("POSITIVE", +1)}
-
-
 def build_reward(rc):
     """The reward of a config's ``reward`` section: the kind's label and sign unless overridden."""
-    if rc.kind not in _REWARD_KINDS:
-        raise ValueError(f"reward.kind {rc.kind!r} is not one of {sorted(_REWARD_KINDS)}")
-    label, sign = _REWARD_KINDS[rc.kind]
-    return rewards.load_reward_model(
-        rc.model, label=rc.label or label, index=rc.index, sign=sign if rc.sign is None else rc.sign,
-        max_length=rc.max_length, what="--reward-model")
+    over = {k: v for k, v in (("label", rc.label), ("index", rc.index), ("sign", rc.sign)) if v is not None}
+    return rewards.reward_for_task(rc.kind, rc.model, max_length=rc.max_length, what="--reward-model", **over)
 
 
 _DATA_EXTS = (".csv", ".json", ".jsonl", ".parquet", ".arrow")
@@ -467,7 +460,7 @@ def main(argv=None) -> int:
             trainer.cfg, {"init": trainer.cfg.model.policy,
                           name: (trainer.model_cfg, trainer.host_params())},
             out / "eval", reward=trainer.reward, tokenizer=trainer.tokenizer, task_data=trainer.data,
-            extra_scorers=trainer.extra_scorers or None)
+            extra_scorers=trainer.extra_scorers or None, progress=not args.quiet)
         print(f"evaluation report: {out / 'eval' / 'report.md'}")
         print(json.dumps(res, indent=1, default=float)[:2000])
     return 0

@@ -89,6 +89,8 @@ def test_label_selection_and_errors(ckpts):
     t = rewards.reward_for_task("toxic", ckpts["bert"])
     p = rewards.reward_for_task("positive", ckpts["distil"], max_length=16)
     assert (t.label, t.sign, p.label, p.sign, p.buckets) == ("toxic", -1.0, "POSITIVE", 1.0, (16,))
+    o = rewards.reward_for_task("toxic", ckpts["bert"], label="insult", sign=1)  # presets are overridable
+    assert (o.label, o.sign) == ("insult", 1.0)
     with pytest.raises(ValueError, match=r"label 'funny' is not one of the checkpoint's labels \['NEGATIVE', "
                                          r"'POSITIVE'\]"):
         rewards.load_reward_model(ckpts["distil"], label="funny")
