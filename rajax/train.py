@@ -383,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly where it stopped")
     p.add_argument("--seed", type=int)
     p.add_argument("--iterations", type=int, help="number of iterations (default: one pass over the data)")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int,
+                   help="episodes per iteration; also the PPO minibatch unless --set ppo.mini_batch_size=...")
     p.add_argument("--lr", type=float, help="PPO learning rate")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="compute dtype")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -413,6 +414,8 @@ def config_from_args(args):
             over.append(f"{key}={v}")
     if args.risk == "none":
         over.append("risk.alpha=1.0")
+    if args.batch_size is not None and not any(o.startswith("ppo.mini_batch_size=") for o in args.set):
+        over.append(f"ppo.mini_batch_size={args.batch_size}")  # the paper: one full-batch minibatch
     return config_lib.load_config(args.task, user_yaml=args.config, overrides=over)
 
 
