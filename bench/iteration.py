@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from rajax import ppo, sampling  # noqa: E402
 from rajax.models import bert, gpt2  # noqa: E402
 from rajax.rewards import RewardModel  # noqa: E402
-from rajax.train import _forward_pair, decode_responses  # noqa: E402
+from rajax.train import decode_responses  # noqa: E402
 
 TASKS = {"imdb": (64, 48), "jigsaw": (8, 32), "rtp": (32, 32)}
 TINY_GPT2 = dict(vocab_size=512, n_positions=128, n_embd=64, n_layer=2, n_head=2)
@@ -141,7 +141,7 @@ def bench_task(task, args):
         scores = reward(prompt_texts, responses)
         t_r = time.perf_counter() - t0
         ids, attn = sampling.sequences(ids_d, mask_d, s)
-        (logp, values, ref_logp), t_f = timed(lambda: _forward_pair(cfg, params, ref_params, ids, attn,
+        (logp, values, ref_logp), t_f = timed(lambda: ppo.forward_pair(cfg, params, ref_params, ids, attn,
                                                                     prompt_width=p_len))
         rollout = ppo.Rollout(ids, attn, s.mask, logp, ref_logp, values, ppo.shard_batch(scores, mesh))
         alpha_prime = b if it % 2 else max(1, b // 5)  # alternate: α′ must not recompile
@@ -153,7 +153,7 @@ def bench_task(task, args):
                         ("ppo", t_p)):
             times[name].append(v)
         times["total"].append(t_s + t_r + t_f + t_p)
-        compiles.append({"sampling": sampling.sample._cache_size(), "forward": _forward_pair._cache_size(),
+        compiles.append({"sampling": sampling.sample._cache_size(), "forward": ppo.forward_pair._cache_size(),
                          "ppo": ppo._ppo_step_jit._cache_size(), "reward": reward.fn._cache_size()})
     med = {k: statistics.median(v) for k, v in times.items()}
     flops = ppo_flops(cfg, b, p_len, n_new, pcfg.ppo_epochs)

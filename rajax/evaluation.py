@@ -191,14 +191,7 @@ def prompt_arrays(prompt_set, pad_id: int):
     if mask is not None and not isinstance(ids, list):
         return np.asarray(ids, np.int32), np.asarray(mask, np.int32)
     rows = [list(map(int, r)) for r in ids]
-    width = max([len(r) for r in rows] + [1])
-    out = np.full((len(rows), width), pad_id, np.int32)
-    m = np.zeros((len(rows), width), np.int32)
-    for i, r in enumerate(rows):
-        if r:
-            out[i, width - len(r):] = r
-            m[i, width - len(r):] = 1
-    return out, m
+    return tasks.left_pad(rows, max([len(r) for r in rows] + [1]), pad_id)
 
 
 def _gen_field(gen_cfg, name, default):
@@ -274,9 +267,7 @@ def _kl_sums(cfg, params, ref_params, ids, mask, toks, rmask):
 
     seq = jnp.concatenate([ids, toks], axis=1)
     attn = jnp.concatenate([mask, rmask], axis=1)
-    p = ids.shape[1]
-    logp = ppo.forward(cfg, params, seq, attn, p)[0]
-    ref_logp = ppo.forward(cfg, ref_params, seq, attn, p)[0]
+    logp, _, ref_logp = ppo.forward_pair(cfg, params, ref_params, seq, attn, prompt_width=ids.shape[1])
     return ((logp - ref_logp) * rmask).sum(-1)
 
 

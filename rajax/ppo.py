@@ -17,6 +17,7 @@ global, so the result matches a single-device run up to float reduction order.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -157,6 +158,14 @@ def forward(model_cfg: gpt2.GPT2Config, params, input_ids: jax.Array, attention_
     logits = gpt2.lm_head(model_cfg, params, out.hidden[:, p - 1:-1])
     logp = gpt2.logprobs_of(logits, input_ids[:, p:])
     return logp, out.values[:, p - 1:-1], entropy_from_logits(logits), logits
+
+
+@functools.partial(jax.jit, static_argnames=("model_cfg", "prompt_width"))
+def forward_pair(model_cfg: gpt2.GPT2Config, params, ref_params, input_ids, attention_mask, *, prompt_width: int):
+    """Old-policy log-probs and values, and reference log-probs (both eval mode, quirk #11)."""
+    logp, values = forward(model_cfg, params, input_ids, attention_mask, prompt_width)[:2]
+    ref_logp = forward(model_cfg, ref_params, input_ids, attention_mask, prompt_width)[0]
+    return logp, values, ref_logp
 
 
 def kl_penalty(logp: jax.Array, ref_logp: jax.Array, kind: str = "kl", logits=None, ref_logits=None):

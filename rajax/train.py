@@ -12,7 +12,6 @@ iteration and the data order is a seeded permutation, so a resumed run replays e
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import os
@@ -28,7 +27,7 @@ import numpy as np
 
 from rajax import config as config_lib
 from rajax import kl as kl_lib
-from rajax import ppo, rewards, risk, sampling, tasks, tracking
+from rajax import evaluation, ppo, rewards, risk, sampling, tasks, tracking
 from rajax.checkpoint import Checkpointer
 from rajax.models import hf
 from rajax.tokenizer import load_tokenizer
@@ -48,14 +47,6 @@ class CheckpointError(RuntimeError):
     """A checkpoint could not be written."""
 
 
-@functools.partial(jax.jit, static_argnames=("model_cfg", "prompt_width"))
-def _forward_pair(model_cfg, params, ref_params, input_ids, attention_mask, *, prompt_width):
-    """Old-policy log-probs and values, and reference log-probs (both eval mode, quirk #11)."""
-    logp, values, _ = ppo.forward(model_cfg, params, input_ids, attention_mask, prompt_width)[:3]
-    ref_logp = ppo.forward(model_cfg, ref_params, input_ids, attention_mask, prompt_width)[0]
-    return logp, values, ref_logp
-
-
 @jax.jit
 def _all_finite(tree):
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
@@ -64,19 +55,6 @@ def _all_finite(tree):
 def decode_responses(tokenizer, tokens_BxN: np.ndarray, mask_BxN: np.ndarray, *, clean_up: bool = False) -> list[str]:
     """Response text as the original code scored it: cut after the first EOS (kept), special tokens kept."""
     return tasks.decode_all(tokenizer, [t[m > 0] for t, m in zip(tokens_BxN, mask_BxN)], clean_up=clean_up)
-
-
-def cvar_of(x: np.ndarray, alpha: float) -> float:
-    """Mean of the ⌈αN⌉ lowest values."""
-    k = max(1, math.ceil(alpha * len(x)))
-    return float(np.sort(np.asarray(x, np.float64))[:k].mean())
-
-
-def _min_new_tokens(cfg, prompt_mask):
-    g = cfg.generation
-    if g.min_length_mode == "trl":
-        return sampling.min_new_tokens_like_trl(prompt_mask, g.min_length)
-    return np.full((prompt_mask.shape[0],), g.min_length, np.int32)
 
 
 class Trainer:
@@ -153,14 +131,14 @@ class Trainer:
         ids_d, mask_d = ppo.shard_batch((prompt_ids, prompt_mask), self.mesh)
         s = sampling.sample(
             self.model_cfg, self.state.params, ids_d, mask_d, k_sample,
-            _min_new_tokens(cfg, prompt_mask), g.temperature,
+            evaluation.min_new_tokens(prompt_mask, g), g.temperature,
             max_new_tokens=g.max_new_tokens, eos_id=self.tokenizer.eos_token_id,
             pad_id=self.tokenizer.pad_token_id, top_k=g.top_k, top_p=g.top_p,
             dropout=bool(g.rollout_dropout and m > 0))
         # Dispatch the policy/reference passes before the host work: JAX runs them asynchronously,
         # so the device computes them while the host detokenises and the reward model tokenises.
         input_ids, attn = sampling.sequences(ids_d, mask_d, s)
-        fwd = _forward_pair(self.model_cfg, self.state.params, self.ref_params, input_ids, attn,
+        fwd = ppo.forward_pair(self.model_cfg, self.state.params, self.ref_params, input_ids, attn,
                             prompt_width=g.prompt_tokens)
         tokens, rmask = ppo.to_host((s.tokens, s.mask))
         timings["time/sampling"] = time.perf_counter() - t
@@ -199,7 +177,7 @@ class Trainer:
         metrics = {
             "env/reward_mean": float(scores.mean()),
             "env/reward_std": float(scores.std(ddof=1)) if len(scores) > 1 else 0.0,
-            "env/reward_cvar": cvar_of(scores, cfg.risk.alpha if cfg.risk.alpha < 1 else 0.2),
+            "env/reward_cvar": evaluation.cvar(scores, cfg.risk.alpha if cfg.risk.alpha < 1 else 0.2),
             "tokens/responses_len_mean": float(lengths.mean()),
             **stats,
             "objective/kl_coef": float(beta),
@@ -456,8 +434,6 @@ def main(argv=None) -> int:
               f"continue with: bin/train --resume {out}")
         return 130
     if summary["finished"] and cfg.train.eval_at_end and not args.no_eval:
-        from rajax import evaluation
-
         name = "ra-rlhf" if cfg.risk.alpha < 1 else "rlhf"
         res = evaluation.evaluate(
             trainer.cfg, {"init": trainer.cfg.model.policy,

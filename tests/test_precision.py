@@ -10,7 +10,6 @@ import numpy as np
 
 from rajax import ppo, sampling
 from rajax.models import gpt2
-from rajax.train import _forward_pair
 
 CFG = gpt2.GPT2Config(vocab_size=96, n_positions=32, n_embd=32, n_layer=2, n_head=2)
 B, P, N = 8, 5, 6
@@ -20,7 +19,7 @@ def _iteration(dtype, params, prompt_ids, prompt_mask, s, scores):
     cfg = CFG.replace(dtype=dtype)
     pcfg = ppo.PPOConfig(learning_rate=1e-3, mini_batch_size=B)
     ids, attn = sampling.sequences(prompt_ids, prompt_mask, s)
-    logp, values, ref_logp = _forward_pair(cfg, params, jax.tree.map(jnp.copy, params), ids, attn, prompt_width=P)
+    logp, values, ref_logp = ppo.forward_pair(cfg, params, jax.tree.map(jnp.copy, params), ids, attn, prompt_width=P)
     # A reference that differs from the policy, so the KL terms are not trivially zero.
     ref_logp = ref_logp - 0.1 * s.mask
     rollout = ppo.Rollout(ids, attn, s.mask, logp, ref_logp, values, scores)

@@ -205,7 +205,7 @@ def test_nothing_recompiles_after_the_first_iteration(world, tmp_path):
 
     args = train.build_parser().parse_args(_args(world, tmp_path / "rc", iterations=3))
     trainer = train.Trainer(train.config_from_args(args), tmp_path / "rc", progress=False, log=lambda *_: None)
-    fns = (sampling.sample, train._forward_pair, ppo._ppo_step_jit, trainer.reward.fn)
+    fns = (sampling.sample, ppo.forward_pair, ppo._ppo_step_jit, trainer.reward.fn)
 
     def sizes():
         return [f._cache_size() for f in fns]
