@@ -1,4 +1,4 @@
-"""Rollout throughput of rajax's sampler (spec §3.1 shapes: batch 128, prompt 64, 48 new tokens).
+"""Rollout throughput of rajax's sampler (docs/paper.md §3.1 shapes: batch 128, prompt 64, 48 new tokens).
 
     python bench/generate.py                      # GPT-2 small, float32
     python bench/generate.py --dtype bfloat16
@@ -20,7 +20,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from rajax import sampling
+from rajax.core import rollout
 from rajax.models import gpt2
 
 TINY = dict(vocab_size=1024, n_positions=256, n_embd=64, n_layer=2, n_head=4)
@@ -55,7 +55,7 @@ def main(argv=None) -> dict:
     mask = jnp.ones_like(ids)
 
     def run(key):
-        s = sampling.sample(cfg, params, ids, mask, key, a.new, max_new_tokens=a.new, eos_id=eos,
+        s = rollout.sample(cfg, params, ids, mask, key, a.new, max_new_tokens=a.new, eos_id=eos,
                             top_k=a.top_k, top_p=a.top_p)
         return jax.block_until_ready(s)
 

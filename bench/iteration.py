@@ -33,10 +33,9 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rajax import ppo, sampling  # noqa: E402
+from rajax.core import parallel, ppo, rollout  # noqa: E402
 from rajax.models import bert, gpt2  # noqa: E402
 from rajax.rewards import RewardModel  # noqa: E402
-from rajax.train import decode_responses  # noqa: E402
 
 TASKS = {"imdb": (64, 48), "jigsaw": (8, 32), "rtp": (32, 32)}
 TINY_GPT2 = dict(vocab_size=512, n_positions=128, n_embd=64, n_layer=2, n_head=2)
@@ -111,12 +110,12 @@ def bench_task(task, args):
         cfg = gpt2.GPT2Config.from_name(args.model, dtype=args.dtype, remat=args.remat)
         bcfg = bert.BertConfig(num_labels=6, dtype=args.dtype)
     key = jax.random.key(0)
-    mesh = ppo.make_mesh(b)
-    params = ppo.replicate(gpt2.init(cfg, key), mesh)
+    mesh = parallel.make_mesh(b)
+    params = parallel.replicate(gpt2.init(cfg, key), mesh)
     ref_params = jax.tree.map(jnp.copy, params)
     pcfg = ppo.PPOConfig(mini_batch_size=b)
-    tx = ppo.make_optimizer(pcfg)
-    opt_state = ppo.replicate(tx.init(params), mesh)
+    tx = ppo.default_optimizer(pcfg)
+    opt_state = parallel.replicate(tx.init(params), mesh)
     words = PseudoWords(cfg.vocab_size)
     reward = RewardModel(bcfg, bert.init(bcfg, jax.random.key(1)), [f"l{i}" for i in range(6)],
                          bert_tokenizer(words.words[:5000], bcfg.vocab_size if args.model == "tiny" else 30522),
@@ -125,35 +124,31 @@ def bench_task(task, args):
     prompt_ids = rng.integers(0, cfg.vocab_size - 1, (b, p_len)).astype(np.int32)
     prompt_mask = np.ones((b, p_len), np.int32)
     prompt_texts = words.batch_decode(prompt_ids)
-    ids_d, mask_d = ppo.shard_batch((prompt_ids, prompt_mask), mesh)
+    # Every row generates all N new tokens (min_length_mode new_tokens = N): the worst case for sampling.
+    settings = rollout.SampleSettings(max_new_tokens=n_new, eos_id=words.eos_token_id, min_length=n_new,
+                                      min_length_mode="new_tokens")
     times = {k: [] for k in ("sampling", "reward", "tokenize", "forward", "ppo", "total")}
     compiles = []
     for it in range(args.iters + 1):
         k = jax.random.fold_in(key, it)
-        s, t_s = timed(lambda: sampling.sample(cfg, params, ids_d, mask_d, k, n_new, max_new_tokens=n_new,
-                                               eos_id=words.eos_token_id))
-        t0 = time.perf_counter()
-        tokens, rmask = np.asarray(s.tokens), np.asarray(s.mask)
-        responses = decode_responses(words, tokens, rmask)
+        # The trainer's rollout, phase by phase (overlap=False waits between phases to time each).
+        got = rollout.collect(cfg, params, ref_params, prompt_ids, prompt_mask, prompt_texts, k, reward=reward,
+                              decode=words.batch_decode, settings=settings, mesh=mesh, overlap=False)
         t1 = time.perf_counter()
-        reward.encode([a + r for a, r in zip(prompt_texts, responses)])
+        reward.encode([a + r for a, r in zip(prompt_texts, got.responses)])
         t_tok = time.perf_counter() - t1
-        scores = reward(prompt_texts, responses)
-        t_r = time.perf_counter() - t0
-        ids, attn = sampling.sequences(ids_d, mask_d, s)
-        (logp, values, ref_logp), t_f = timed(lambda: ppo.forward_pair(cfg, params, ref_params, ids, attn,
-                                                                    prompt_width=p_len))
-        rollout = ppo.Rollout(ids, attn, s.mask, logp, ref_logp, values, ppo.shard_batch(scores, mesh))
         alpha_prime = b if it % 2 else max(1, b // 5)  # alternate: α′ must not recompile
         (params, opt_state, stats, keep), t_p = timed(
-            lambda: ppo.ppo_step(cfg, pcfg, params, opt_state, rollout, 0.2, alpha_prime, k))
+            lambda: ppo.ppo_step(cfg, pcfg, params, opt_state, got.rollout, 0.2, alpha_prime, k, tx=tx))
         if it == 0:
             continue  # warm-up (compilation)
-        for name, v in (("sampling", t_s), ("reward", t_r), ("tokenize", t_tok), ("forward", t_f),
-                        ("ppo", t_p)):
+        tm = got.timings
+        for name, v in (("sampling", tm["time/sampling"]), ("reward", tm["time/reward"]), ("tokenize", t_tok),
+                        ("forward", tm["time/forward"]), ("ppo", t_p)):
             times[name].append(v)
-        times["total"].append(t_s + t_r + t_f + t_p)
-        compiles.append({"sampling": sampling.sample._cache_size(), "forward": ppo.forward_pair._cache_size(),
+        times["total"].append(tm["time/sampling"] + tm["time/reward"] + tm["time/forward"] + t_p)
+        compiles.append({"sampling": rollout.sample._cache_size(),
+                         "forward": rollout.policy_and_reference._cache_size(),
                          "ppo": ppo._ppo_step_jit._cache_size(), "reward": reward.fn._cache_size()})
     med = {k: statistics.median(v) for k, v in times.items()}
     flops = ppo_flops(cfg, b, p_len, n_new, pcfg.ppo_epochs)

@@ -1,6 +1,6 @@
 """Benchmark: score 128 prompt+response texts with a BERT reward model (tokenization included).
 
-Mimics one RA-RLHF iteration's reward call (spec §3: B=128, texts of up to 8-64 prompt tokens plus
+Mimics one RA-RLHF iteration's reward call (docs/paper.md §3: B=128, texts of up to 8-64 prompt tokens plus
 32-48 response tokens, i.e. at most 112 GPT-2 tokens). A random ``BertForSequenceClassification`` is
 built with transformers, saved to a temporary directory together with a WordPiece tokenizer trained
 on the generated text, and loaded back through ``rajax.rewards.load_reward_model`` exactly as a real
@@ -92,9 +92,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=None, help="rows per compiled chunk (default: all)")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    ap.add_argument("--gpt2-tokenizer", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared",
-                                                              "data", "gpt2-tokenizer"),
-                    help="GPT-2 tokenizer dir used to cut texts at --max-tokens (word count if absent)")
+    ap.add_argument("--gpt2-tokenizer", default=os.environ.get("RAJAX_GPT2_TOKENIZER"),
+                    help="GPT-2 tokenizer dir used to cut texts at --max-tokens (default $RAJAX_GPT2_TOKENIZER; "
+                         "a word count when absent)")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     a = ap.parse_args(argv)
     if a.n < 1 or a.repeats < 1:
@@ -105,7 +105,7 @@ def main(argv=None) -> dict:
     from rajax import rewards
 
     gpt2 = None
-    if os.path.isdir(a.gpt2_tokenizer):
+    if a.gpt2_tokenizer and os.path.isdir(a.gpt2_tokenizer):
         from transformers import AutoTokenizer
 
         gpt2 = AutoTokenizer.from_pretrained(a.gpt2_tokenizer)

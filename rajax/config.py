@@ -1,6 +1,6 @@
 """Run configuration: a tree of frozen dataclasses, loaded from a task preset + user YAML + overrides.
 
-Spec references (``/work/shared/docs/ra-rlhf-spec.md``): §2 (PPO hyper-parameters actually used),
+References are to docs/paper.md: §2 (PPO hyper-parameters actually used),
 §3 (per-task values), §1.3 (soft-risk α / n / ρ / M), §4.1-4.2 (evaluation test sets, tails,
 perplexity texts). The task presets live in the repository's ``configs/<task>.yaml``.
 
@@ -27,19 +27,20 @@ from typing import Any, Mapping
 
 import yaml
 
-from rajax.ppo import PPOConfig
+from rajax.core import ppo as ppo_lib
+from rajax.core import risk as risk_lib
+from rajax.core.ppo import PPOConfig
+from rajax.core.rollout import MIN_LENGTH_MODES, SampleSettings
 
-# Enumerations checked by validate(). The PPO ones come from rajax.ppo.PPOConfig itself.
+# Enumerations checked by validate(); the PPO, risk and sampling ones come from rajax.core. The
+# data sources are the registered tasks (rajax.tasks checks data.source).
 DTYPES = ("float32", "bfloat16")
 REWARD_KINDS = ("toxic", "positive")
-DATA_SOURCES = ("imdb", "jigsaw", "rtp", "synthetic", "file")
-MIN_LENGTH_MODES = ("trl", "new_tokens")
-SCHEDULERS = ("new", "old")
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Policy / reference / tokenizer sources (spec §2.3: policy and reference = the task's SFT model)."""
+    """Policy / reference / tokenizer sources (docs/paper.md §2.3: policy and reference = the task's SFT model)."""
 
     policy: str = "gpt2"  # hub id or local dir; the paper starts from the task's SFT checkpoint
     ref_policy: str | None = None  # None = same as policy
@@ -50,7 +51,7 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RewardConfig:
-    """The frozen reward classifier (spec §3: raw logits; toxic = -logit('toxic'), positive = +logit('POSITIVE'))."""
+    """The frozen reward classifier (docs/paper.md §3: raw logits; toxic = -logit('toxic'), positive = +logit('POSITIVE'))."""
 
     model: str = "unitary/toxic-bert"
     kind: str = "toxic"  # toxic | positive
@@ -61,15 +62,15 @@ class RewardConfig:
     # Decode prompts (and responses) with transformers-4's `clean_up_tokenization` (" ." -> ".",
     # " 's" -> "'s", ...), which the paper's transformers applied by default and v5 no longer does.
     # Checked: with it, 99.09% of the Jigsaw-Gen 8-token prompts are prefixes of their comment,
-    # the spec's 99.1% for the paper's prompts (§6.1); without it 99.81%.
+    # the 99.1% reported for the paper's prompts (docs/paper.md §6.1); without it 99.81%.
     clean_up_spaces: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Where the prompts come from (spec §3; see docs/tasks.md)."""
+    """Where the prompts come from (docs/paper.md §3; see docs/tasks.md)."""
 
-    source: str = "rtp"  # imdb | jigsaw | rtp | synthetic | file
+    source: str = "rtp"  # a registered task (rajax.tasks.names()): imdb, jigsaw, rtp, file, ...
     path: str | None = None  # local file/dir or hub dataset id (jigsaw: the Kaggle CSV dir)
     test_path: str | None = None  # local test file (jigsaw: the jigsaw_gen_test.csv format)
     text_column: str | None = None  # for source=file (None = "text")
@@ -79,7 +80,7 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class GenerationConfig:
-    """Rollout sampling (spec §3: top_k 0, top_p 1, T=1; quirk #12 for min_length)."""
+    """Rollout sampling (docs/paper.md §3: top_k 0, top_p 1, T=1; quirk #12 for min_length)."""
 
     prompt_tokens: int = 32  # P: prompt = decode(encode(text)[:P])
     max_new_tokens: int = 32
@@ -90,10 +91,17 @@ class GenerationConfig:
     temperature: float = 1.0
     rollout_dropout: bool = False  # quirk #10: sample with dropout from iteration 1 on
 
+    def sample_settings(self, eos_id: int, pad_id: int | None) -> SampleSettings:
+        """The sampler's settings for a tokenizer's EOS and pad ids."""
+        return SampleSettings(max_new_tokens=self.max_new_tokens, eos_id=int(eos_id),
+                              pad_id=None if pad_id is None else int(pad_id), min_length=self.min_length,
+                              min_length_mode=self.min_length_mode, top_k=self.top_k, top_p=self.top_p,
+                              temperature=self.temperature)
+
 
 @dataclasses.dataclass(frozen=True)
 class RiskConfig:
-    """Soft-risk schedule (spec §1.3). alpha = 1.0 is the RLHF baseline (no risk mask)."""
+    """Soft-risk schedule (docs/paper.md §1.3). alpha = 1.0 is the RLHF baseline (no risk mask)."""
 
     alpha: float = 0.2
     n: int = 30
@@ -104,7 +112,7 @@ class RiskConfig:
 
 @dataclasses.dataclass(frozen=True)
 class KLConfig:
-    """TRL's adaptive KL controller (spec §1.6, §2.1)."""
+    """TRL's adaptive KL controller (docs/paper.md §1.6, §2.1)."""
 
     adaptive: bool = True
     init_coef: float = 0.2
@@ -114,7 +122,7 @@ class KLConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """The PPO loop (spec §1.2, quirk #15: one pass, drop_last)."""
+    """The PPO loop (docs/paper.md §1.2, quirk #15: one pass, drop_last)."""
 
     batch_size: int = 128
     seed: int = 4
@@ -128,7 +136,7 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    """Evaluation (spec §4.1 test sets and tails, §4.2 perplexity texts)."""
+    """Evaluation (docs/paper.md §4.1 test sets and tails, §4.2 perplexity texts)."""
 
     tail_threshold: float = 5.0
     tail_inclusive: bool = False  # True: prompt_score <= threshold; False: <
@@ -392,7 +400,7 @@ def apply_overrides(d: dict, overrides) -> dict:
 def load_config(task_or_path, user_yaml=None, overrides=(), *, check: bool = True) -> Config:
     """Resolve a run config: preset (task name, YAML path, or a ``Config``) < user YAML < overrides.
 
-    ``task_or_path``: ``"imdb" | "jigsaw" | "rtp" | "synthetic"`` (``configs/<name>.yaml``), a path to
+    ``task_or_path``: a preset name (``configs/<name>.yaml``, see ``list_presets()``), a path to
     a YAML file, or an existing ``Config``. ``overrides``: ``["ppo.learning_rate=2e-5", ...]`` or a
     dict with dotted keys. Validates with ``validate(cfg)`` unless ``check=False`` (the trainer
     validates again with the real device count).
@@ -437,10 +445,6 @@ def validate(cfg: Config, num_devices: int = 1) -> Config:
 
     ``num_devices``: the data-parallel device count; the batch sizes must be multiples of it.
     """
-    from rajax import kl as kl_lib
-    from rajax import ppo as ppo_lib
-    from rajax import risk as risk_lib
-
     _check(isinstance(cfg.task, str) and bool(cfg.task.strip()), "task must be a non-empty name")
     m, r, d, g, p, rk, k, t, e = (cfg.model, cfg.reward, cfg.data, cfg.generation, cfg.ppo, cfg.risk,
                                   cfg.kl, cfg.train, cfg.eval)
@@ -451,9 +455,7 @@ def validate(cfg: Config, num_devices: int = 1) -> Config:
     _check(r.sign in (None, 1, -1), f"reward.sign={r.sign} must be 1, -1 or null")
     _check(r.index is None or r.index >= 0, f"reward.index={r.index} must be >= 0 or null")
     _check(r.max_length is None or r.max_length >= 1, f"reward.max_length={r.max_length} must be >= 1 or null")
-    _choice(d.source, DATA_SOURCES, "data.source")
-    if d.source == "file":
-        _check(bool(d.path), "data.source=file needs data.path: pass --data FILE (csv, jsonl or parquet)")
+    _check(isinstance(d.source, str) and bool(d.source), "data.source is empty; name a task (e.g. rtp)")
     _check(g.prompt_tokens >= 1, f"generation.prompt_tokens={g.prompt_tokens} must be >= 1")
     _check(g.max_new_tokens >= 1, f"generation.max_new_tokens={g.max_new_tokens} must be >= 1")
     _check(g.min_length >= 0, f"generation.min_length={g.min_length} must be >= 0")
@@ -464,7 +466,7 @@ def validate(cfg: Config, num_devices: int = 1) -> Config:
     # ppo (PPOConfig checks its enums and basic signs itself; repeat them here for direct callers)
     _choice(p.kl_penalty, ppo_lib.KL_PENALTIES, "ppo.kl_penalty")
     _choice(p.risk_stat, risk_lib.EPISODE_STATS, "ppo.risk_stat")
-    _choice(p.kl_stat, kl_lib.KL_STATS, "ppo.kl_stat")
+    _choice(p.kl_stat, ppo_lib.KL_STATS, "ppo.kl_stat")
     _check(p.learning_rate > 0, f"ppo.learning_rate={p.learning_rate} must be > 0")
     _check(p.ppo_epochs >= 1, f"ppo.ppo_epochs={p.ppo_epochs} must be >= 1")
     _check(p.mini_batch_size >= 1, f"ppo.mini_batch_size={p.mini_batch_size} must be >= 1")
@@ -476,14 +478,14 @@ def validate(cfg: Config, num_devices: int = 1) -> Config:
     _check(p.max_grad_norm is None or p.max_grad_norm > 0, f"ppo.max_grad_norm={p.max_grad_norm} must be > 0 or null")
     _check(0.0 <= p.adam_b1 < 1.0 and 0.0 <= p.adam_b2 < 1.0, "ppo.adam_b1 and ppo.adam_b2 must be in [0, 1)")
     _check(p.adam_eps > 0, f"ppo.adam_eps={p.adam_eps} must be > 0")
-    # risk (spec §1.3)
+    # risk (docs/paper.md §1.3)
     _check(0.0 < rk.alpha <= 1.0, f"risk.alpha={rk.alpha} must be in (0, 1] (1.0 = the RLHF baseline)")
     _check(0.0 < rk.rho <= 1.0, f"risk.rho={rk.rho} must be in (0, 1]")
     _check(rk.n >= 0, f"risk.n={rk.n} must be >= 0")
     _check(rk.M is None or rk.M >= 1, f"risk.M={rk.M} must be >= 1 or null (= the run's iterations)")
     if rk.M is not None and rk.alpha < 1.0:
         _check(rk.n < rk.M, f"risk.n={rk.n} must be < risk.M={rk.M}; lower --risk-n or raise --risk-M")
-    _choice(rk.scheduler, SCHEDULERS, "risk.scheduler")
+    _choice(rk.scheduler, risk_lib.SCHEDULERS, "risk.scheduler")
     # kl
     _check(k.init_coef >= 0, f"kl.init_coef={k.init_coef} must be >= 0")
     _check(k.target > 0, f"kl.target={k.target} must be > 0")

@@ -1,6 +1,6 @@
 """Reward functions: a frozen text classifier (or any Python function) scoring prompt + response.
 
-Spec §3: the original code calls a transformers ``pipeline`` with ``function_to_apply="none"``, so a
+docs/paper.md §3: the original code calls a transformers ``pipeline`` with ``function_to_apply="none"``, so a
 reward is a **raw logit** of one label, and the scored text is ``query + response`` where the response
 is decoded **with** special tokens (quirk #13: an EOS-terminated response ends in "<|endoftext|>").
 
@@ -23,6 +23,7 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 import jax
 import numpy as np
 
+from rajax.io.hf_bert import load_classifier
 from rajax.models import bert
 
 
@@ -170,19 +171,19 @@ def load_reward_model(name_or_path: str, *, label: str | None = None, index: int
     checkpoint's ``id2label``) or at ``index`` (which wins over ``label``). ``dtype`` is the compute
     dtype ("float32" matches the PyTorch reference; "bfloat16" is faster on GPU).
     """
-    cfg, params, labels, tok = bert.load_classifier(name_or_path, what=what)
+    cfg, params, labels, tok = load_classifier(name_or_path, what=what)
     idx = _label_index(labels, label, index)
     return RewardModel(cfg.replace(dtype=dtype), params, labels, tok, index=idx, sign=sign,
                        max_length=max_length, buckets=buckets, batch_size=batch_size)
 
 
 def toxic_bert(path: str = "unitary/toxic-bert", **kw) -> RewardModel:
-    """Jigsaw/RTP reward: −logit("toxic") of unitary/toxic-bert (higher = less toxic), spec §3.2."""
+    """Jigsaw/RTP reward: −logit("toxic") of unitary/toxic-bert (higher = less toxic), docs/paper.md §3.2."""
     return load_reward_model(path, **{"label": "toxic", "sign": -1, **kw})  # overridable
 
 
 def distilbert_imdb(path: str = "lvwerra/distilbert-imdb", **kw) -> RewardModel:
-    """IMDB reward: +logit("POSITIVE") of lvwerra/distilbert-imdb, spec §3.1."""
+    """IMDB reward: +logit("POSITIVE") of lvwerra/distilbert-imdb, docs/paper.md §3.1."""
     return load_reward_model(path, **{"label": "POSITIVE", "sign": +1, **kw})  # overridable
 
 
@@ -195,6 +196,12 @@ def reward_for_task(kind: str, path: str | None = None, **kw) -> RewardModel:
     if kind not in _TASKS:
         raise ValueError(f"unknown reward kind {kind!r}; choose one of {sorted(_TASKS)}")
     return _TASKS[kind](**kw) if path is None else _TASKS[kind](path, **kw)
+
+
+def from_config(rc) -> RewardModel:
+    """The reward of a config's ``reward`` section: the kind's label and sign unless overridden."""
+    over = {k: v for k, v in (("label", rc.label), ("index", rc.index), ("sign", rc.sign)) if v is not None}
+    return reward_for_task(rc.kind, rc.model, max_length=rc.max_length, what="--reward-model", **over)
 
 
 class PythonReward:

@@ -1,4 +1,4 @@
-"""Supervised fine-tuning (SFT) of GPT-2 on a task's text, as the paper's SFT runs (spec §3, quirk #16).
+"""Supervised fine-tuning (SFT) of GPT-2 on a task's text, as the paper's SFT runs (docs/paper.md §3, quirk #16).
 
 The original runs use TRL's ``SFTTrainer`` (``max_seq_length=64``, no packing) with HF ``Trainer``
 defaults. What that means, and what is replicated here:
@@ -19,15 +19,12 @@ divides every micro-batch loss by ``grad_accum``). At the end of an epoch the st
 with empty micro-batches (mask 0, zero gradient), which reproduces HF's shorter last accumulation
 whose losses are still divided by ``grad_accum``.
 
-Entry points: ``lm_loss``, ``make_train_step``, ``train_lm`` (also used to pretrain the synthetic
-task's tiny GPT-2), ``tokenize_for_sft``, ``run_sft`` and the ``python -m rajax.sft`` CLI.
+Entry points: ``lm_loss``, ``make_train_step``, ``train_lm`` (also used to pretrain the offline
+task's tiny GPT-2) and ``tokenize_for_sft``; ``bin/sft`` (``rajax.cli.sft``) runs it on a task.
 """
 from __future__ import annotations
 
-import argparse
 import math
-import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -38,7 +35,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from rajax.models import gpt2
+from rajax.core.rollout import logprobs_of
 
 Params = Any
 
@@ -48,14 +45,15 @@ Params = Any
 # ----------------------------------------------------------------------------------------------
 
 
-def lm_loss(cfg: gpt2.GPT2Config, params: Params, ids_BxT, attn_BxT, labels_BxT, dropout_key=None):
+def lm_loss(cfg, params: Params, ids_BxT, attn_BxT, labels_BxT, dropout_key=None):
     """Mean next-token NLL over the positions whose *target* has ``labels_BxT`` = 1.
 
-    Token t+1 is predicted from position t, like HF's shifted causal-LM loss. Returns
-    ``(loss, n_tokens)``; a micro-batch with no target tokens gives loss 0 (and zero gradient).
+    ``cfg`` is any model handle of ``rajax.models`` (``CausalLM``). Token t+1 is predicted from
+    position t, like HF's shifted causal-LM loss. Returns ``(loss, n_tokens)``; a micro-batch with no
+    target tokens gives loss 0 (and zero gradient).
     """
-    out = gpt2.apply(cfg, params, ids_BxT, attn_BxT, dropout_key=dropout_key)
-    logp = gpt2.logprobs_of(out.logits[:, :-1], ids_BxT[:, 1:])
+    out = cfg.apply(params, ids_BxT, attn_BxT, dropout_key=dropout_key)
+    logp = logprobs_of(cfg.lm_head(params, out.hidden)[:, :-1], ids_BxT[:, 1:])
     w = labels_BxT[:, 1:].astype(jnp.float32)
     n = w.sum()
     return -(logp * w).sum() / jnp.maximum(n, 1.0), n
@@ -72,7 +70,7 @@ def make_optimizer(lr: float, total_steps: int, *, max_grad_norm: float | None =
     return optax.chain(*parts), sched
 
 
-def make_train_step(cfg: gpt2.GPT2Config, tx: optax.GradientTransformation, *, dropout: bool = True):
+def make_train_step(cfg, tx: optax.GradientTransformation, *, dropout: bool = True):
     """A jitted ``step(params, opt_state, batch, key) -> (params, opt_state, metrics)``.
 
     ``batch`` = ``{'ids','attn','labels'}``, each ``[K, mb, T]``: K micro-batches accumulated into
@@ -156,7 +154,7 @@ def _gather(token_ids, attn, labels, idx):
 
 
 def train_lm(
-    cfg: gpt2.GPT2Config,
+    cfg,
     params: Params,
     token_ids,
     mask,
@@ -191,8 +189,8 @@ def train_lm(
                          f"{token_ids.shape}, {mask.shape}, {label_mask.shape}")
     if len(token_ids) == 0:
         raise ValueError("no training texts: the SFT corpus is empty")
-    if token_ids.shape[1] > cfg.n_positions:
-        raise ValueError(f"sequences of {token_ids.shape[1]} tokens exceed the model's n_positions={cfg.n_positions}")
+    if token_ids.shape[1] > cfg.context_length:
+        raise ValueError(f"sequences of {token_ids.shape[1]} tokens exceed the model's context of {cfg.context_length}")
     if min(epochs, micro_batch, grad_accum) < 1:
         raise ValueError(f"epochs, micro_batch and grad_accum must be >= 1 (got {epochs}, {micro_batch}, {grad_accum})")
     n = len(token_ids)
@@ -252,7 +250,7 @@ def tokenize_for_sft(tokenizer, texts: Sequence[str], max_tokens: int = 64):
 
     Returns ``(ids [N,T], attn [N,T], labels [N,T])`` with T = min(max_tokens, longest text);
     ``labels`` is ``attn`` with every position holding the pad id (= eos) zeroed, as TRL's
-    ``DataCollatorForLanguageModeling`` sets those labels to -100 (spec quirk #16).
+    ``DataCollatorForLanguageModeling`` sets those labels to -100 (quirk #16).
     """
     if max_tokens < 2:
         raise ValueError(f"max_tokens must be >= 2 (got {max_tokens})")
@@ -271,108 +269,3 @@ def tokenize_for_sft(tokenizer, texts: Sequence[str], max_tokens: int = 64):
         attn[i, : len(e)] = 1
     labels = attn * (ids != pad)
     return ids, attn, labels.astype(np.int32)
-
-
-def run_sft(
-    task,
-    *,
-    policy: str | None = None,
-    out: str,
-    data: str | None = None,
-    epochs: int = 10,
-    lr: float = 1e-5,
-    batch: int = 1024,
-    micro_batch: int = 64,
-    max_tokens: int = 64,
-    seed: int = 0,
-    tokenizer=None,
-    texts: Sequence[str] | None = None,
-    overrides: Sequence[str] = (),
-    progress: bool = True,
-    log_fn: Callable[[int, dict], None] | None = None,
-) -> str:
-    """SFT of ``policy`` on the task's SFT texts (spec §3), saved as an HF checkpoint in ``out``.
-
-    ``task`` is a task name / YAML path (loaded with ``rajax.config.load_config``) or a ``Config``.
-    ``policy`` defaults to the config's ``model.policy``; ``data`` sets ``data.path``. ``texts``
-    bypasses the task's data loader. ``batch`` is the effective batch: ``grad_accum = batch //
-    micro_batch``. Returns ``out``.
-    """
-    from rajax import config as rconfig
-    from rajax.models import hf
-    from rajax.tokenizer import load_tokenizer
-
-    if batch < micro_batch or batch % micro_batch:
-        raise ValueError(f"--batch ({batch}) must be a positive multiple of --micro-batch ({micro_batch})")
-    ovr = list(overrides)
-    if data is not None:
-        ovr.append(f"data.path={data}")
-    if policy is not None:
-        ovr.append(f"model.policy={policy}")
-    if isinstance(task, str):
-        cfg = rconfig.load_config(task, None, ovr)
-    else:
-        cfg = rconfig.load_config(task, None, ovr) if ovr else task
-    if cfg.data.source == "synthetic" or "synthetic" in (cfg.model.policy, cfg.model.tokenizer):
-        from rajax import synthetic
-
-        cfg = synthetic.resolve(cfg, progress=progress)
-    policy = cfg.model.policy
-    tok_name = cfg.model.tokenizer or policy
-    if tokenizer is None:
-        tokenizer = load_tokenizer(tok_name, padding_side="right", what="--tokenizer")
-    if texts is None:
-        from rajax import tasks
-
-        texts = tasks.load_task_data(cfg, tokenizer, require=()).sft_texts
-    ids, attn, labels = tokenize_for_sft(tokenizer, texts, max_tokens)
-    mcfg, params = hf.load(policy, value_head_seed=seed, what="--policy")
-    if ids.shape[1] > mcfg.n_positions:
-        raise ValueError(f"--max-tokens {max_tokens} exceeds the model's context of {mcfg.n_positions}")
-    print(f"sft: {len(ids)} texts, <= {ids.shape[1]} tokens, {epochs} epochs, effective batch {batch} "
-          f"({micro_batch} x {batch // micro_batch}), "
-          f"{epochs * steps_per_epoch(len(ids), micro_batch, batch // micro_batch)} optimizer steps, "
-          f"{jax.device_count()} device(s)", file=sys.stderr)
-    t0 = time.time()
-    params = train_lm(mcfg, params, ids, attn, epochs=epochs, lr=lr, micro_batch=micro_batch,
-                      grad_accum=batch // micro_batch, seed=seed, dropout=mcfg.dropout > 0,
-                      progress=progress, log_fn=log_fn, label_mask=labels)
-    hf.save(out, mcfg, params, tokenizer=tokenizer)
-    print(f"sft: saved {out} ({time.time() - t0:.0f} s)", file=sys.stderr)
-    return out
-
-
-def _parser():
-    p = argparse.ArgumentParser(prog="bin/sft", description="Supervised fine-tuning of GPT-2 on a task's "
-                                "texts (the paper's SFT step); saves an HF-format checkpoint.")
-    p.add_argument("--task", required=True, help="imdb | jigsaw | rtp | synthetic, or a config YAML")
-    p.add_argument("--policy", default=None, help="initial model: hub id or local dir (default: the task's model.policy)")
-    p.add_argument("--data", default=None, help="local data file/dir (sets data.path)")
-    p.add_argument("--out", default=None, help="output dir (default: runs/sft-<task>)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--lr", type=float, default=1e-5)
-    p.add_argument("--batch", type=int, default=1024, help="effective batch (micro-batch x accumulation)")
-    p.add_argument("--micro-batch", type=int, default=64)
-    p.add_argument("--max-tokens", type=int, default=64, help="right-truncate each text to this many tokens")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override, e.g. data.source=file (repeatable)")
-    p.add_argument("--no-progress", action="store_true")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    out = args.out or f"runs/sft-{str(args.task).replace('/', '_').removesuffix('.yaml')}"
-    try:
-        run_sft(args.task, policy=args.policy, out=out, data=args.data, epochs=args.epochs, lr=args.lr,
-                batch=args.batch, micro_batch=args.micro_batch, max_tokens=args.max_tokens, seed=args.seed,
-                overrides=args.set, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

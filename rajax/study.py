@@ -1,24 +1,16 @@
-"""RLHF vs RA-RLHF over several seeds, side by side (``bin/study``).
+"""RLHF vs RA-RLHF over seeds: per-run rows and the side-by-side table (``bin/study`` runs them).
 
-    bin/study --task synthetic --seeds 0 1 2 --out runs/study
-
-Runs ``bin/train`` for the RLHF baseline (α = 1) and for RA-RLHF (the preset's α, or ``--alpha``) for
-each seed, each with its end-of-run evaluation, then writes ``study.md`` / ``study.json`` in ``--out``:
-mean ± sample std over seeds of reward, tail reward, CVaR at each ``eval.cvar_alphas``, the KL-penalised
-return R̄ (reference: the starting policy), perplexity and
-every extra score (the synthetic task's ground truth), plus the starting policy's row.
-Extra arguments after ``--`` go to every ``bin/train`` call.
+``row`` turns one policy's evaluation metrics into a table row (reward, tail, CVaR at each
+``eval.cvar_alphas``, the KL-penalised return R̄, extra scores such as a ground truth, perplexity);
+``table`` writes mean ± sample std over seeds per method.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import pathlib
 import statistics
-import sys
 
 
-def _row(m: dict) -> dict:
+def row(m: dict) -> dict:
+    """One policy's evaluation metrics (``metrics.json`` ``policies[name]``) as a table row."""
     r = {"reward": m["reward"], "tail": m["tail"]}
     r.update({f"CVaR {a}": v for a, v in m["cvar"].items()})
     if "return" in m:
@@ -42,45 +34,3 @@ def table(results: dict[str, list[dict]]) -> str:
         cells = [_fmt([r[c] for r in rows]) for c in cols]
         lines.append(f"| {method} | {len(rows)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="bin/study", description=__doc__.split("\n")[0])
-    ap.add_argument("--task", default="synthetic")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--alpha", type=float, help="RA-RLHF risk level (default: the preset's)")
-    ap.add_argument("--out", default="runs/study")
-    ap.add_argument("train_args", nargs="*", help="extra bin/train arguments (after --)")
-    args = ap.parse_args(argv)
-    from rajax import train
-
-    out = pathlib.Path(args.out)
-    methods = {"rlhf": ["--alpha", "1.0"], "ra-rlhf": [] if args.alpha is None else ["--alpha", str(args.alpha)]}
-    results: dict[str, list[dict]] = {"init": []}
-    for method, flags in methods.items():
-        results[method] = []
-        for seed in args.seeds:
-            run = out / f"{method}-s{seed}"
-            argv_ = ["--task", args.task, "--seed", str(seed), "--out", str(run), "--quiet", *flags,
-                     *args.train_args]
-            print(f"== {method} seed {seed}: bin/train {' '.join(argv_)}", flush=True)
-            rc = train.main(argv_)
-            if rc != 0:
-                print(f"error: the {method} run for seed {seed} failed (exit {rc}); see above", file=sys.stderr)
-                return rc
-            metrics = json.loads((run / "eval" / "metrics.json").read_text())["policies"]
-            trained = [k for k in metrics if k != "init"][0]
-            results[method].append(_row(metrics[trained]))
-            if method == "rlhf":
-                results["init"].append(_row(metrics["init"]))
-    md = table(results)
-    (out / "study.md").write_text(
-        f"# RLHF vs RA-RLHF on `{args.task}`, seeds {args.seeds}\n\n{md}\n\n"
-        "Mean ± sample std over seeds; each run evaluates one sample per test prompt.\n")
-    (out / "study.json").write_text(json.dumps(results, indent=1))
-    print(md)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rajax import ppo, sampling
+from rajax.core import ppo, rollout
 from rajax.models import gpt2
 
 CFG = gpt2.GPT2Config(vocab_size=96, n_positions=32, n_embd=32, n_layer=2, n_head=2)
@@ -18,14 +18,15 @@ B, P, N = 8, 5, 6
 def _iteration(dtype, params, prompt_ids, prompt_mask, s, scores):
     cfg = CFG.replace(dtype=dtype)
     pcfg = ppo.PPOConfig(learning_rate=1e-3, mini_batch_size=B)
-    ids, attn = sampling.sequences(prompt_ids, prompt_mask, s)
-    logp, values, ref_logp = ppo.forward_pair(cfg, params, jax.tree.map(jnp.copy, params), ids, attn, prompt_width=P)
+    ids, attn = rollout.sequences(prompt_ids, prompt_mask, s)
+    logp, values, ref_logp = rollout.policy_and_reference(cfg, params, jax.tree.map(jnp.copy, params), ids, attn,
+                                                          prompt_width=P)
     # A reference that differs from the policy, so the KL terms are not trivially zero.
     ref_logp = ref_logp - 0.1 * s.mask
-    rollout = ppo.Rollout(ids, attn, s.mask, logp, ref_logp, values, scores)
+    batch = rollout.Rollout(ids, attn, s.mask, logp, ref_logp, values, scores)
     p0 = jax.tree.map(jnp.copy, params)
-    opt = ppo.make_optimizer(pcfg).init(p0)
-    new, _, stats, keep = ppo.ppo_step(cfg, pcfg, p0, opt, rollout, 0.2, 3, jax.random.key(5))
+    opt = ppo.default_optimizer(pcfg).init(p0)
+    new, _, stats, keep = ppo.ppo_step(cfg, pcfg, p0, opt, batch, 0.2, 3, jax.random.key(5))
     return logp, {k: float(v) for k, v in stats.items()}, np.asarray(keep), new
 
 
@@ -33,8 +34,8 @@ def test_float32_and_bfloat16_iterations_agree():
     params = gpt2.init(CFG, jax.random.key(0))
     prompt_ids = jax.random.randint(jax.random.key(1), (B, P), 0, CFG.vocab_size - 1)
     prompt_mask = jnp.ones((B, P), jnp.int32).at[:2, :2].set(0)
-    s = sampling.sample(CFG, params, prompt_ids, prompt_mask, jax.random.key(2), max_new_tokens=N,
-                        eos_id=CFG.vocab_size - 1)
+    s = rollout.sample(CFG, params, prompt_ids, prompt_mask, jax.random.key(2), max_new_tokens=N,
+                       eos_id=CFG.vocab_size - 1)
     scores = jnp.linspace(-1.0, 1.0, B)
     lp32, st32, keep32, new32 = _iteration("float32", params, prompt_ids, prompt_mask, s, scores)
     lp16, st16, keep16, new16 = _iteration("bfloat16", params, prompt_ids, prompt_mask, s, scores)

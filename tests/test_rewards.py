@@ -1,40 +1,35 @@
 """Reward functions: label/sign selection, bucketing without recompiles, torch parity, PythonReward."""
 import numpy as np
 import pytest
-from test_bert import IMDB_LABELS, TOXIC_LABELS, build_checkpoints, sample_texts, torch_logits
+from tiny import IMDB_LABELS, TOXIC_LABELS, sample_texts, torch_logits
 
 from rajax import rewards
 
 
 @pytest.fixture(scope="session")
-def ckpts(tmp_path_factory):
-    return build_checkpoints(tmp_path_factory.mktemp("bert_ckpts"))
+def toxic(bert_ckpts):
+    return rewards.toxic_bert(bert_ckpts["bert"], buckets=(8, 16, 32))
 
 
 @pytest.fixture(scope="session")
-def toxic(ckpts):
-    return rewards.toxic_bert(ckpts["bert"], buckets=(8, 16, 32))
+def imdb(bert_ckpts):
+    return rewards.distilbert_imdb(bert_ckpts["distil"], buckets=(8, 16, 32))
 
 
-@pytest.fixture(scope="session")
-def imdb(ckpts):
-    return rewards.distilbert_imdb(ckpts["distil"], buckets=(8, 16, 32))
-
-
-def test_presets_match_torch(ckpts, toxic, imdb):
+def test_presets_match_torch(bert_ckpts, toxic, imdb):
     texts = sample_texts(5, seed=4)
-    tok = ckpts["tokenizer"]
+    tok = bert_ckpts["tokenizer"]
     assert (toxic.label, toxic.index, toxic.sign) == ("toxic", 0, -1.0)
     assert (imdb.label, imdb.index, imdb.sign) == ("POSITIVE", 1, 1.0)
-    ref_tox = -torch_logits(ckpts["models"]["bert"], tok, texts)[:, 0]
-    ref_pos = torch_logits(ckpts["models"]["distil"], tok, texts)[:, 1]
+    ref_tox = -torch_logits(bert_ckpts["models"]["bert"], tok, texts)[:, 0]
+    ref_pos = torch_logits(bert_ckpts["models"]["distil"], tok, texts)[:, 1]
     got_tox, got_pos = toxic.score_texts(texts), imdb.score_texts(texts)
     assert got_tox.dtype == np.float32 and got_tox.shape == (5,)
     np.testing.assert_allclose(got_tox, ref_tox, atol=1e-4, rtol=0)
     np.testing.assert_allclose(got_pos, ref_pos, atol=1e-4, rtol=0)
     assert np.std(got_tox) > 0.01  # distinct texts, distinct scores
     # All logits, in id2label order.
-    np.testing.assert_allclose(toxic.logits(texts), torch_logits(ckpts["models"]["bert"], tok, texts),
+    np.testing.assert_allclose(toxic.logits(texts), torch_logits(bert_ckpts["models"]["bert"], tok, texts),
                                atol=1e-4)
 
 
@@ -73,36 +68,36 @@ def test_buckets_same_scores_and_no_recompile(toxic):
     assert toxic.fn._cache_size() == n
 
 
-def test_fixed_batch_size_chunks(ckpts, toxic):
-    rm = rewards.toxic_bert(ckpts["bert"], buckets=(8, 16, 32), batch_size=4)
+def test_fixed_batch_size_chunks(bert_ckpts, toxic):
+    rm = rewards.toxic_bert(bert_ckpts["bert"], buckets=(8, 16, 32), batch_size=4)
     texts = sample_texts(10, seed=7)
     chunks = rm.encode(texts)
     assert [c[0].shape[0] for c in chunks] == [4, 4, 4] and [c[2] for c in chunks] == [4, 4, 2]
     np.testing.assert_allclose(rm.score_texts(texts), toxic.score_texts(texts), atol=1e-5)
 
 
-def test_label_selection_and_errors(ckpts):
-    rm = rewards.load_reward_model(ckpts["bert"], label="INSULT")
+def test_label_selection_and_errors(bert_ckpts):
+    rm = rewards.load_reward_model(bert_ckpts["bert"], label="INSULT")
     assert (rm.index, rm.label, rm.sign) == (4, "insult", 1.0)
-    assert rewards.load_reward_model(ckpts["bert"], label="toxic", index=2).label == "obscene"
-    assert rewards.load_reward_model(ckpts["distil"], label="positive", sign=-1).index == 1
-    t = rewards.reward_for_task("toxic", ckpts["bert"])
-    p = rewards.reward_for_task("positive", ckpts["distil"], max_length=16)
+    assert rewards.load_reward_model(bert_ckpts["bert"], label="toxic", index=2).label == "obscene"
+    assert rewards.load_reward_model(bert_ckpts["distil"], label="positive", sign=-1).index == 1
+    t = rewards.reward_for_task("toxic", bert_ckpts["bert"])
+    p = rewards.reward_for_task("positive", bert_ckpts["distil"], max_length=16)
     assert (t.label, t.sign, p.label, p.sign, p.buckets) == ("toxic", -1.0, "POSITIVE", 1.0, (16,))
-    o = rewards.reward_for_task("toxic", ckpts["bert"], label="insult", sign=1)  # presets are overridable
+    o = rewards.reward_for_task("toxic", bert_ckpts["bert"], label="insult", sign=1)  # presets are overridable
     assert (o.label, o.sign) == ("insult", 1.0)
     with pytest.raises(ValueError, match=r"label 'funny' is not one of the checkpoint's labels \['NEGATIVE', "
                                          r"'POSITIVE'\]"):
-        rewards.load_reward_model(ckpts["distil"], label="funny")
+        rewards.load_reward_model(bert_ckpts["distil"], label="funny")
     with pytest.raises(ValueError, match="choose a label .*severe_toxic"):
-        rewards.load_reward_model(ckpts["bert"])
+        rewards.load_reward_model(bert_ckpts["bert"])
     with pytest.raises(ValueError, match="index 9 out of range"):
-        rewards.load_reward_model(ckpts["bert"], index=9)
+        rewards.load_reward_model(bert_ckpts["bert"], index=9)
     with pytest.raises(ValueError, match="unknown reward kind 'sarcasm'"):
-        rewards.reward_for_task("sarcasm", ckpts["bert"])
+        rewards.reward_for_task("sarcasm", bert_ckpts["bert"])
     with pytest.raises(ValueError, match="sign must be"):
-        rewards.load_reward_model(ckpts["bert"], label="toxic", sign=2)
-    with pytest.raises(ValueError, match="--reward-model '/no/such/ckpt'"):
+        rewards.load_reward_model(bert_ckpts["bert"], label="toxic", sign=2)
+    with pytest.raises(FileNotFoundError, match="--reward-model '/no/such/ckpt'"):
         rewards.toxic_bert("/no/such/ckpt")
     assert TOXIC_LABELS[4] == "insult" and IMDB_LABELS[1] == "POSITIVE"
 

@@ -9,8 +9,9 @@ transposes (see ``rajax.models.hf``).
 
 Entry points:
   * ``init(config, key)`` -> params
-  * ``apply(config, params, input_ids, attention_mask, ...)`` -> ``Output(logits, values, cache)``
+  * ``apply(config, params, input_ids, attention_mask, ...)`` -> ``Output(logits, values, cache, hidden)``
   * ``init_cache(config, batch, max_len)`` -> an empty KV cache (a pytree carried by the sampler)
+  * ``GPT2Config`` is also the model handle of ``rajax.models.base.CausalLM`` (``forward``, ``extend``).
 
 Padding: position ids come from the attention mask (cumsum - 1), so a left- or right-padded row
 gives the logits of the unpadded sequence at its real tokens.
@@ -19,12 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rajax.models.base import CausalLM, Output
 from rajax.models.layers import Dense, Embed, LayerNorm
 
 Params = dict[str, Any]
@@ -33,8 +35,11 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.floa
 
 
 @dataclasses.dataclass(frozen=True)
-class GPT2Config:
-    """Shape and numerics of a GPT-2. Hashable, so it can be a static jit argument."""
+class GPT2Config(CausalLM):
+    """Shape and numerics of a GPT-2, and the model handle (``rajax.models.base.CausalLM``).
+
+    Hashable, so it can be a static jit argument: ``cfg.apply(params, ids, mask)``, ``cfg.forward``...
+    """
 
     vocab_size: int = 50257
     n_positions: int = 1024
@@ -59,6 +64,26 @@ class GPT2Config:
 
     def replace(self, **kw) -> "GPT2Config":
         return dataclasses.replace(self, **kw)
+
+    @property
+    def context_length(self) -> int:
+        return self.n_positions
+
+    @property
+    def hidden_size(self) -> int:
+        return self.n_embd
+
+    def apply(self, params, input_ids, attention_mask=None, *, cache=None, dropout_key=None) -> Output:
+        return apply(self, params, input_ids, attention_mask, cache=cache, dropout_key=dropout_key)
+
+    def lm_head(self, params, hidden) -> jax.Array:
+        return lm_head(self, params, hidden)
+
+    def init_cache(self, batch: int, length: int) -> dict:
+        return init_cache(self, batch, length)
+
+    def describe(self) -> str:
+        return f"GPT-2 {self.n_layer}x{self.n_embd}"
 
     @classmethod
     def from_name(cls, name: str, **kw) -> "GPT2Config":
@@ -196,13 +221,6 @@ def lm_head(cfg: GPT2Config, params: Params, hidden: jax.Array) -> jax.Array:
     return _tied_logits(hidden.astype(cfg.compute_dtype), params["wte"]["embedding"])
 
 
-class Output(NamedTuple):
-    logits: jax.Array  # [B, T, V] float32
-    values: jax.Array  # [B, T] float32
-    cache: dict | None  # updated KV cache, or None
-    hidden: jax.Array  # [B, T, E] final hidden state (after ln_f), compute dtype
-
-
 @functools.lru_cache(maxsize=None)
 def _graphdef(cfg: GPT2Config):
     abstract = nnx.eval_shape(lambda: GPT2(cfg, rngs=nnx.Rngs(0)))
@@ -213,16 +231,6 @@ def init(cfg: GPT2Config, key: jax.Array) -> Params:
     """Random GPT-2 parameters (GPT-2's init) as a plain nested dict."""
     model = GPT2(cfg, rngs=nnx.Rngs(params=key))
     return nnx.to_pure_dict(nnx.state(model, nnx.Param))
-
-
-def init_value_head(cfg: GPT2Config, key: jax.Array) -> Params:
-    """A fresh value head, U(-1/sqrt(E), 1/sqrt(E)) like PyTorch's nn.Linear default (TRL's)."""
-    bound = cfg.n_embd**-0.5
-    k1, k2 = jax.random.split(key)
-    return {
-        "kernel": jax.random.uniform(k1, (cfg.n_embd, 1), jnp.float32, -bound, bound),
-        "bias": jax.random.uniform(k2, (1,), jnp.float32, -bound, bound),
-    }
 
 
 def positions_from_mask(attention_mask: jax.Array, offset: jax.Array | int = 0) -> jax.Array:
@@ -287,12 +295,6 @@ def apply(
     logits, values, hidden, kv = model(input_ids, positions, key_mask, cache, index, dropout_key)
     new_cache = {"k": kv["k"], "v": kv["v"], "mask": slot_mask, "index": index + t}
     return Output(logits, values, new_cache, hidden)
-
-
-def logprobs_of(logits_BxTxV: jax.Array, tokens_BxT: jax.Array) -> jax.Array:
-    """log softmax(logits)[token], in float32."""
-    logp = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
-    return jnp.take_along_axis(logp, tokens_BxT[..., None], axis=-1)[..., 0]
 
 
 def num_params(params: Params) -> int:

@@ -1,0 +1,140 @@
+"""Hugging Face checkpoints <-> rajax policies, for every supported family.
+
+``load(name_or_path)`` resolves a local directory or a hub id (``rajax.io.hub``), picks the family's
+converter from ``config.json``'s ``model_type`` and returns ``(cfg, params)``; ``cfg`` is the model
+handle of ``rajax.models`` (e.g. ``GPT2Config``). ``save(path, cfg, params)`` writes a directory that
+transformers loads, plus the value head.
+
+The value head (TRL's ``v_head.summary.{weight [1, E], bias [1]}``) is handled here, once for every
+family: it is read from ``value_head.safetensors`` (what ``save`` writes), else from TRL keys inside
+the weights, else freshly drawn from ``value_head_seed`` (docs/paper.md §2.3).
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rajax.io import hf_gpt2, hub
+from rajax.models.base import init_value_head
+
+VALUE_HEAD_FILE = "value_head.safetensors"
+_VHEAD_W, _VHEAD_B = "v_head.summary.weight", "v_head.summary.bias"
+CONVERTERS = (hf_gpt2,)  # each: MODEL_TYPES, CONFIG, config_from_hf/to_hf, params_from/state_dict_from
+
+
+def _converter_for_type(model_type: str):
+    for c in CONVERTERS:
+        if model_type in c.MODEL_TYPES:
+            return c
+    known = ", ".join(t for c in CONVERTERS for t in c.MODEL_TYPES)
+    raise ValueError(f"config.json has model_type {model_type!r}; supported: {known}")
+
+
+def _converter_for_config(cfg):
+    for c in CONVERTERS:
+        if isinstance(cfg, c.CONFIG):
+            return c
+    raise ValueError(f"no Hugging Face converter for {type(cfg).__name__}")
+
+
+def value_head_to_hf(vh) -> dict[str, np.ndarray]:
+    """Our ``{'kernel' [E, 1], 'bias' [1]}`` -> TRL's ``v_head.summary.*`` (nn.Linear: transposed)."""
+    return {
+        _VHEAD_W: np.ascontiguousarray(np.asarray(vh["kernel"], np.float32).T),
+        _VHEAD_B: np.ascontiguousarray(np.asarray(vh["bias"], np.float32).reshape(1)),
+    }
+
+
+def value_head_from_hf(sd: dict, hidden_size: int, *, seed: int) -> dict:
+    """Pop TRL's value-head keys from ``sd`` (if both are there), else a fresh seeded head."""
+    if _VHEAD_W in sd and _VHEAD_B in sd:
+        w, b = np.asarray(sd.pop(_VHEAD_W), np.float32), np.asarray(sd.pop(_VHEAD_B), np.float32)
+        if w.shape != (1, hidden_size) or b.size != 1:
+            raise ValueError(f"value head v_head.summary.weight has shape {w.shape}, expected (1, {hidden_size})")
+        return {"kernel": jnp.asarray(w.T), "bias": jnp.asarray(b.reshape(1))}
+    return init_value_head(hidden_size, jax.random.key(seed))
+
+
+def from_state_dict(cfg, sd: dict, *, value_head_seed: int = 0) -> dict:
+    """A transformers/TRL state dict (NumPy arrays, e.g. ``{k: v.numpy() for k, v in
+    model.state_dict().items()}``) -> params of ``cfg``'s family, with a value head (TRL keys, or a
+    fresh one drawn from ``value_head_seed``)."""
+    sd = dict(sd)
+    v_head = value_head_from_hf(sd, cfg.hidden_size, seed=value_head_seed)
+    params = _converter_for_config(cfg).params_from_state_dict(cfg, sd)
+    params["v_head"] = v_head
+    return params
+
+
+def to_state_dict(cfg, params, *, value_head: bool = False) -> dict[str, np.ndarray]:
+    """Params -> the transformers state dict of ``cfg``'s family (float32 NumPy); ``value_head``
+    adds TRL's ``v_head.summary.*`` keys."""
+    sd = _converter_for_config(cfg).state_dict_from_params(cfg, params)
+    if value_head:
+        sd.update(value_head_to_hf(params["v_head"]))
+    return sd
+
+
+def load(name_or_path, *, value_head_seed: int = 0, dtype: str = "float32", what: str | None = None):
+    """A causal-LM checkpoint -> ``(cfg, params)`` with a value head.
+
+    ``name_or_path``: a local directory (``config.json`` + weights) or a hub id such as ``"gpt2"``
+    (downloaded or read from the HF cache; with ``HF_HUB_OFFLINE=1`` only the cache is used).
+    ``dtype`` sets the compute dtype (params are float32 either way). ``what`` (e.g. ``"--policy"``)
+    starts every error message.
+    """
+    d = hub.resolve(name_or_path, what=what)
+    raw = hub.read_config(d, what=what, name=name_or_path)
+    try:
+        conv = _converter_for_type(raw.get("model_type", "gpt2"))
+        cfg = conv.config_from_hf(raw, dtype=dtype)
+        sd = hub.read_state_dict(d, what=what, name=name_or_path)
+        vh = d / VALUE_HEAD_FILE
+        if vh.is_file():
+            from safetensors.numpy import load_file
+
+            sd.update(load_file(vh))  # our file wins over any TRL keys in the weights
+        params = from_state_dict(cfg, sd, value_head_seed=value_head_seed)
+    except ValueError as e:
+        raise ValueError(hub.error(what, name_or_path, str(e))) from None
+    return cfg, params
+
+
+def save(path, cfg, params, tokenizer=None) -> pathlib.Path:
+    """Write a transformers-loadable directory (+ ``value_head.safetensors``, + tokenizer).
+
+    ``config.json``, ``model.safetensors`` (float32) and ``value_head.safetensors`` (TRL layout) and, if
+    ``tokenizer`` is given, its files. Written to a temporary sibling directory and renamed into
+    place, so a crash never leaves a half-written checkpoint at ``path``.
+    """
+    from safetensors.numpy import save_file
+
+    conv = _converter_for_config(cfg)
+    path = pathlib.Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        (tmp / "config.json").write_text(json.dumps(conv.config_to_hf(cfg), indent=2) + "\n")
+        # transformers refuses safetensors files without format metadata.
+        save_file(to_state_dict(cfg, params), tmp / "model.safetensors", metadata={"format": "pt"})
+        save_file(value_head_to_hf(params["v_head"]), tmp / VALUE_HEAD_FILE, metadata={"format": "pt"})
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            path.rename(old)
+        tmp.rename(path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path

@@ -1,0 +1,88 @@
+"""The one interface every causal-LM family implements, so nothing above ``rajax.models`` names a family.
+
+A family is a frozen, hashable config dataclass that inherits ``CausalLM`` and implements three
+methods, ``apply``, ``lm_head`` and ``init_cache``. The mixin derives from them everything the rest
+of rajax uses: ``logits`` (perplexity, SFT), ``extend`` (the sampler's KV-cache step) and
+``forward`` (the PPO passes: response log-probs, values, entropies). The config object itself is
+the model handle that jitted functions take as a static argument (``rajax.core.rollout.Policy``).
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from rajax.core.rollout import entropy_from_logits, logprobs_of
+
+
+class Output(NamedTuple):
+    logits: jax.Array  # [B, T, V] float32 (XLA drops it when only ``hidden`` is used)
+    values: jax.Array  # [B, T] float32 value-head outputs
+    cache: Any  # updated KV cache, or None
+    hidden: jax.Array  # [B, T, E] final hidden state (after the last norm), compute dtype
+
+
+class CausalLM:
+    """Mixin for a family's config: the rollout/PPO interface from ``apply``/``lm_head``/``init_cache``."""
+
+    # --- what a family implements --------------------------------------------------------------
+    @property
+    def context_length(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the final hidden state (the value head's input)."""
+        raise NotImplementedError
+
+    def apply(self, params, input_ids, attention_mask=None, *, cache=None, dropout_key=None) -> Output:
+        """Full causal pass (``cache=None``) or T new tokens appended to ``cache``."""
+        raise NotImplementedError
+
+    def lm_head(self, params, hidden) -> jax.Array:
+        """float32 logits of some final hidden states."""
+        raise NotImplementedError
+
+    def init_cache(self, batch: int, length: int) -> Any:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """A short name for logs, e.g. "GPT-2 12x768"."""
+        return type(self).__name__
+
+    # --- derived -------------------------------------------------------------------------------
+    def logits(self, params, input_ids, attention_mask=None) -> jax.Array:
+        """[B, T, V] float32 logits of every position."""
+        return self.lm_head(params, self.apply(params, input_ids, attention_mask).hidden)
+
+    def extend(self, params, ids_BxT, mask_BxT, cache, dropout_key=None):
+        """Append T tokens to ``cache`` -> (float32 logits of the last position [B, V], new cache).
+
+        The LM head runs on the last position only: the sampler never needs the others."""
+        out = self.apply(params, ids_BxT, mask_BxT, cache=cache, dropout_key=dropout_key)
+        return self.lm_head(params, out.hidden[:, -1]), out.cache
+
+    def forward(self, params, input_ids, attention_mask, prompt_width: int):
+        """Eval-mode pass (no dropout, docs/paper.md quirk #11) -> (logp_BxN, values_BxN, entropy_BxN).
+
+        Position P-1+i predicts response token i (at P+i); values are V(h_{P-1+i}). The LM head runs
+        on the response positions only: over the prompt it would be wasted work (and [B, T, V] float32
+        of memory)."""
+        p = int(prompt_width)
+        if not 0 < p < input_ids.shape[1]:
+            raise ValueError(f"prompt_width={p} must be in [1, {input_ids.shape[1] - 1}] for sequences of "
+                             f"length {input_ids.shape[1]}")
+        out = self.apply(params, input_ids, attention_mask)
+        logits = self.lm_head(params, out.hidden[:, p - 1:-1])
+        return logprobs_of(logits, input_ids[:, p:]), out.values[:, p - 1:-1], entropy_from_logits(logits)
+
+
+def init_value_head(hidden_size: int, key: jax.Array) -> dict:
+    """A fresh value head, U(-1/sqrt(E), 1/sqrt(E)) like PyTorch's nn.Linear default (TRL's ValueHead)."""
+    bound = hidden_size**-0.5
+    k1, k2 = jax.random.split(key)
+    return {
+        "kernel": jax.random.uniform(k1, (hidden_size, 1), jnp.float32, -bound, bound),
+        "bias": jax.random.uniform(k2, (1,), jnp.float32, -bound, bound),
+    }

@@ -1,0 +1,189 @@
+"""Reading task data: local tables (csv / tsv / jsonl / json / parquet, a directory of split files, a
+``datasets.save_to_disk`` directory) and hub datasets, and the ``file`` task built on them.
+
+Data errors name the file (and, where there is one, the row) so a user knows what to fix.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pathlib
+import sys
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from rajax.tasks.base import RawSplits, Task
+
+_EXTS = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
+
+
+def read_table(path) -> dict[str, list]:
+    """A local table as ``{column: [values]}`` (CSV values are strings; JSON keeps nested dicts)."""
+    p = pathlib.Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"{str(path)!r}: no such file")
+    suf = p.suffix.lower()
+    if suf in (".csv", ".tsv"):
+        csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+        with open(p, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f, delimiter="\t" if suf == ".tsv" else ","))
+        cols = list(rows[0].keys()) if rows else []
+        return {c: [r.get(c) for r in rows] for c in cols}
+    if suf in (".jsonl", ".json"):
+        text = p.read_text(encoding="utf-8")
+        try:
+            data = json.loads(text)
+            rows = data if isinstance(data, list) else None
+        except json.JSONDecodeError:
+            rows = None
+        if rows is None:
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        cols: dict[str, None] = {}
+        for r in rows:
+            if not isinstance(r, dict):
+                raise ValueError(f"{str(path)!r}: every JSON record must be an object")
+            cols.update(dict.fromkeys(r))
+        return {c: [r.get(c) for r in rows] for c in cols}
+    if suf == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ValueError(f"{str(path)!r}: reading parquet needs pyarrow (pip install pyarrow); "
+                             "or pass a csv / jsonl file") from None
+        return pq.read_table(p).to_pydict()
+    raise ValueError(f"{str(path)!r}: unsupported file type {suf!r}; use one of {', '.join(_EXTS)}")
+
+
+def _concat(tables: list[dict]) -> dict[str, list]:
+    """Row-wise concatenation of tables (the columns of the first; missing ones filled with None)."""
+    out: dict[str, list] = {c: [] for c in tables[0]}
+    for t in tables:
+        n = len(next(iter(t.values()), []))
+        for c in out:
+            out[c].extend(t.get(c, [None] * n))
+    return out
+
+
+def _split_files(d: pathlib.Path, split: str) -> list[pathlib.Path]:
+    """Files under ``d`` whose name starts with ``split`` (``train.csv``, ``train-00000-of-00001.parquet``,
+    ``plain_text/test-….parquet``), sorted."""
+    return sorted(p for p in d.rglob(f"{split}*") if p.is_file() and p.suffix.lower() in _EXTS)
+
+
+def read_split(d: pathlib.Path, split: str) -> dict[str, list] | None:
+    files = _split_files(d, split)
+    return _concat([read_table(f) for f in files]) if files else None
+
+
+def load_from_disk(d: pathlib.Path):
+    """A ``datasets.save_to_disk`` directory as ``{split: table}`` (or ``{"train": table}``)."""
+    try:
+        import datasets
+    except ImportError:
+        raise ValueError(f"{str(d)!r} is a `datasets` save_to_disk directory, which needs the `datasets` "
+                         "package; export it to csv / jsonl / parquet instead") from None
+    ds = datasets.load_from_disk(str(d))
+    if isinstance(ds, datasets.DatasetDict):
+        return {k: v.to_dict() for k, v in ds.items()}
+    return {"train": ds.to_dict()}
+
+
+def is_saved_dataset(d: pathlib.Path) -> bool:
+    return (d / "dataset_dict.json").is_file() or (d / "state.json").is_file()
+
+
+def local_path(path: str, flag: str) -> pathlib.Path | None:
+    """``path`` as an existing local path; None when it may be a hub id; FileNotFoundError when it
+    looks local (absolute, ./, ~, a file extension, or several '/') but does not exist."""
+    p = pathlib.Path(path).expanduser()
+    if p.exists():
+        return p
+    looks_local = (os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1
+                   or p.suffix.lower() in _EXTS)
+    if looks_local:
+        raise FileNotFoundError(f"{flag} {path!r}: no such file or directory")
+    return None
+
+
+def hub_dataset(name: str, flag: str, **kw):
+    """``datasets.load_dataset(name, **kw)``; a one-line ValueError naming ``flag`` when it fails."""
+    try:
+        import datasets
+    except ImportError:
+        raise ValueError(f"loading {name!r} from the Hugging Face Hub needs the `datasets` package, which is "
+                         f"not installed; pass a local copy with {flag} PATH") from None
+    kw = {k: v for k, v in kw.items() if v is not None}
+    try:
+        return datasets.load_dataset(name, **kw)
+    except Exception as e:  # offline, unreachable, missing revision, ...
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ValueError(f"could not load the hub dataset {name!r} ({type(e).__name__}: {reason}); "
+                         f"pass a local copy with {flag} PATH (data.path)") from None
+
+
+def column(table: Mapping[str, list], names: Sequence[str], what: str, where: str) -> list:
+    for n in names:
+        if n in table:
+            return table[n]
+    raise ValueError(f"{where}: no {what} column (looked for {', '.join(map(repr, names))}); "
+                     f"columns are {', '.join(map(repr, table)) or '(none)'}")
+
+
+def int_labels(values: Sequence, where: str) -> np.ndarray:
+    out = np.empty(len(values), np.int32)
+    for i, v in enumerate(values):
+        try:
+            out[i] = int(float(v)) if not isinstance(v, bool) else int(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: label {v!r} in row {i} is not an integer") from None
+    return out
+
+
+class FileTask(Task):
+    """``data.source: file``: prompts from local csv / jsonl / parquet files with a column mapping."""
+
+    name = "file"
+
+    def resolve(self, cfg, *, progress: bool = True):
+        if not cfg.data.path:
+            raise ValueError("data.source=file needs data.path: pass --data FILE (csv, jsonl or parquet)")
+        return cfg
+
+    def raw(self, cfg) -> RawSplits:
+        d = cfg.data
+        self.resolve(cfg)
+        p = local_path(d.path, "--data")
+        if p is None:
+            raise FileNotFoundError(f"--data {d.path!r}: no such file or directory")
+        test_table = None
+        if p.is_dir():
+            train_table = read_split(p, "train")
+            if train_table is None:
+                raise FileNotFoundError(f"--data {d.path!r}: no train*.csv/jsonl/parquet file there")
+            test_table = read_split(p, "test")
+        else:
+            train_table = read_table(p)
+        if d.test_path:
+            tp = pathlib.Path(d.test_path).expanduser()
+            if not tp.is_file():
+                raise FileNotFoundError(f"--test-path {d.test_path!r}: no such file")
+            test_table = read_table(tp)
+        text_col = d.text_column or "text"
+
+        def split(t, where):
+            texts = ["" if x is None else str(x) for x in column(t, (text_col,), f"text ({text_col!r})", where)]
+            labels = None
+            if d.label_column:
+                labels = int_labels(column(t, (d.label_column,), f"label ({d.label_column!r})", where), where)
+            keep = [i for i, x in enumerate(texts) if x.strip()]  # an empty prompt cannot be sampled from
+            return [texts[i] for i in keep], None if labels is None else labels[keep]
+
+        train = split(train_table, f"--data {d.path!r}")
+        test = split(test_table, f"--test-path {d.test_path or d.path!r}") if test_table is not None else None
+        return RawSplits(train, test, False, list(train[0]), list(test[0]) if test else [],
+                         {"source": str(p), "text_column": text_col, "label_column": d.label_column})
+
+
+TASK = FileTask()

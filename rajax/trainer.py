@@ -1,0 +1,249 @@
+"""The RA-RLHF / RLHF training loop (docs/paper.md §1.2): the shell around the pure core.
+
+Each iteration m (0-based) is four calls, and this file only wires them to files, logs and signals:
+
+    collected = rollout.collect(...)            # sample -> decode -> reward -> policy/reference passes
+    α′ = risk.soft_risk_level(m, ...)           # the soft-risk schedule (B while m <= n)
+    params, opt_state, stats, keep = ppo.ppo_step(...)   # CVaR mask + PPO epochs, one jit
+    kl_state = ppo.kl_update(kl_state, stats["objective/kl"], ...)
+
+Randomness is ``fold_in(key(seed), m)`` per iteration and the data order a seeded permutation
+(one pass, drop last, quirk #15), so a resumed run replays exactly.
+"""
+from __future__ import annotations
+
+import math
+import pathlib
+import signal
+import time
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+import optax
+
+from rajax import config as config_lib
+from rajax import rewards, tasks
+from rajax.core import parallel, ppo, risk, rollout
+from rajax.io import hf, tracking
+from rajax.io.checkpoint import Checkpointer
+from rajax.io.tokenizer import load_tokenizer
+
+
+class TrainState(NamedTuple):
+    params: Any
+    opt_state: Any
+    kl_state: Any
+
+
+class NonFinite(RuntimeError):
+    """A non-finite reward, loss or parameter: the run stops without checkpointing it."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written."""
+
+
+class Trainer:
+    """Holds the loaded models, data and compiled steps of one run. ``run()`` drives the loop.
+
+    ``tx`` is the optimizer (any optax transformation, e.g. a chain with a schedule); the default is
+    ``ppo.default_optimizer(cfg.ppo)``, the original code's Adam.
+    """
+
+    def __init__(self, cfg, out_dir, *, tx: optax.GradientTransformation | None = None, progress: bool = True,
+                 log=print):
+        self.log = log
+        self.progress = progress
+        self.out = pathlib.Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        n_dev = jax.device_count()  # all hosts' devices after jax.distributed.initialize
+        cfg, self.task = tasks.prepare(cfg, progress=progress)
+        config_lib.validate(cfg, num_devices=n_dev)
+        self.cfg = cfg
+        t0 = time.time()
+        self.tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.policy, padding_side="left")
+        self.policy, params = hf.load(cfg.model.policy, value_head_seed=cfg.train.seed, what="--policy")
+        self.policy = self.policy.replace(dtype=cfg.model.dtype, remat=cfg.model.remat)
+        _, ref_params = hf.load(cfg.model.ref_policy or cfg.model.policy, value_head_seed=cfg.train.seed,
+                                what="--ref-policy")
+        self.reward = rewards.from_config(cfg.reward)
+        self.data = self.task.load(cfg, self.tokenizer)
+        self.extra_scorers = self.task.extra_scorers(cfg)
+        self.settings = cfg.generation.sample_settings(self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
+        b = cfg.train.batch_size
+        n_train = len(self.data.train.texts)
+        self.iterations = cfg.train.iterations or n_train // b
+        if self.iterations < 1 or self.iterations * b > n_train:
+            raise ValueError(
+                f"{n_train} training prompts give {n_train // b} batches of {b}; "
+                f"set --iterations to at most {n_train // b} or lower --batch-size")
+        self.risk_M = cfg.risk.M or self.iterations
+        if cfg.risk.alpha < 1.0 and cfg.risk.n >= self.risk_M:
+            raise ValueError(f"risk.n={cfg.risk.n} must be < risk.M={self.risk_M}; lower --risk-n or raise --risk-M")
+        self.order = np.random.default_rng(cfg.train.seed).permutation(n_train)
+        self.mesh = parallel.make_mesh()
+        self.tx = ppo.default_optimizer(cfg.ppo) if tx is None else tx
+        self.ref_params = parallel.replicate(ref_params, self.mesh)
+        params = parallel.replicate(params, self.mesh)
+        self.state = TrainState(params, parallel.replicate(self.tx.init(params), self.mesh),
+                                parallel.replicate(ppo.kl_init(cfg.kl.init_coef), self.mesh))
+        self.base_key = jax.random.key(cfg.train.seed)
+        self.start = 0
+        self.log(f"loaded models and data in {time.time() - t0:.1f}s: {self.policy.describe()}, {n_train} train prompts, "
+                 f"{self.iterations} iterations of {b}, {n_dev} device(s)")
+
+    # --- one iteration -------------------------------------------------------------------------
+    def batch_prompts(self, m: int):
+        """Iteration m's prompts: left-padded ids and mask [B, P] (host) and their decoded texts."""
+        b = self.cfg.train.batch_size
+        idx = self.order[m * b:(m + 1) * b]
+        ids, mask = tasks.left_pad([self.data.train.ids[i] for i in idx], self.cfg.generation.prompt_tokens,
+                                   self.tokenizer.pad_token_id)
+        return ids, mask, [self.data.train.texts[i] for i in idx]
+
+    def decode(self, token_rows: list) -> list[str]:
+        """Responses as the original code scored them: cut after the first EOS (kept), special tokens
+        kept (quirk #13)."""
+        return tasks.decode_all(self.tokenizer, token_rows, clean_up=self.cfg.reward.clean_up_spaces)
+
+    def alpha_prime(self, m: int) -> int:
+        """α′, the number of lowest-return episodes trained on at iteration m (B for RLHF)."""
+        c, b = self.cfg.risk, self.cfg.train.batch_size
+        if c.alpha >= 1.0:
+            return b
+        return risk.soft_risk_level(m, batch_size=b, alpha=c.alpha, n=c.n, rho=c.rho, M=self.risk_M,
+                                    scheduler=c.scheduler)
+
+    def iteration(self, m: int):
+        cfg = self.cfg
+        prompt_ids, prompt_mask, prompt_texts = self.batch_prompts(m)
+        k_sample, k_ppo = jax.random.split(jax.random.fold_in(self.base_key, m))
+        got = rollout.collect(
+            self.policy, self.state.params, self.ref_params, prompt_ids, prompt_mask, prompt_texts, k_sample,
+            reward=self.reward, decode=self.decode, settings=self.settings, mesh=self.mesh,
+            dropout=bool(cfg.generation.rollout_dropout and m > 0))
+        if not np.all(np.isfinite(got.scores)):
+            raise NonFinite(f"the reward model returned non-finite scores at iteration {m}")
+        alpha_prime = self.alpha_prime(m)
+        t = time.perf_counter()
+        beta = self.state.kl_state.beta
+        params, opt_state, stats, _ = ppo.ppo_step(
+            self.policy, cfg.ppo, self.state.params, self.state.opt_state, got.rollout, beta,
+            np.int32(alpha_prime), k_ppo, tx=self.tx)
+        stats = {k: float(v) for k, v in parallel.to_host(stats).items()}
+        timings = {**got.timings, "time/ppo": time.perf_counter() - t}
+        bad = [k for k, v in stats.items() if not math.isfinite(v)]
+        if bad:
+            raise NonFinite(f"non-finite {bad[0]} at iteration {m}")
+        if not bool(parallel.to_host(parallel.all_finite(params))):
+            raise NonFinite(f"non-finite policy parameters after the PPO update of iteration {m}")
+        kl_state = ppo.kl_update(self.state.kl_state, stats["objective/kl"], target=cfg.kl.target,
+                                 horizon=cfg.kl.horizon, n_steps=cfg.train.batch_size, adaptive=cfg.kl.adaptive)
+        self.state = TrainState(params, opt_state, kl_state)
+        scores = got.scores
+        metrics = {
+            "env/reward_mean": float(scores.mean()),
+            "env/reward_std": float(scores.std(ddof=1)) if len(scores) > 1 else 0.0,
+            "env/reward_cvar": risk.cvar(scores, cfg.risk.alpha if cfg.risk.alpha < 1 else 0.2),
+            "tokens/responses_len_mean": float(got.response_mask.sum(-1).mean()),
+            **stats,
+            "objective/kl_coef": float(beta),
+            "risk/alpha_prime": float(alpha_prime),
+            **timings,
+        }
+        for name, fn in self.extra_scorers.items():
+            metrics[f"env/{name}_mean"] = float(np.mean(fn([p + r for p, r in zip(prompt_texts, got.responses)])))
+        return metrics, (prompt_texts, got.responses, scores)
+
+    # --- checkpoints ---------------------------------------------------------------------------
+    def _state_tree(self):
+        return {"params": self.state.params, "opt_state": self.state.opt_state, "kl": self.state.kl_state}
+
+    def save(self, ckpt, m_next: int):
+        meta = {"iteration": m_next, "data_position": m_next * self.cfg.train.batch_size,
+                "seed": self.cfg.train.seed, "config": config_lib.to_dict(self.cfg)}
+        try:
+            ckpt.save(m_next, self._state_tree(), meta)
+        except OSError as e:  # disk full, permissions: Orbax leaves the previous checkpoint intact
+            prev = ckpt.latest_step()
+            kept = f"checkpoint {prev} in {ckpt.directory} is intact" if prev is not None else "no earlier checkpoint"
+            raise CheckpointError(f"writing checkpoint {m_next} failed ({e.strerror or e}); {kept}") from None
+
+    def restore(self, ckpt):
+        tree, meta = ckpt.restore(self._state_tree())
+        self.state = TrainState(parallel.replicate(tree["params"], self.mesh),
+                                parallel.replicate(tree["opt_state"], self.mesh),
+                                parallel.replicate(tree["kl"], self.mesh))
+        self.start = int(meta["iteration"])
+        return meta
+
+    # --- the loop --------------------------------------------------------------------------------
+    def run(self, *, resume: bool = False, stop_after: int | None = None) -> dict:
+        cfg = self.cfg
+        ckpt = Checkpointer(self.out / "checkpoints", keep=cfg.train.keep_checkpoints)
+        if resume and ckpt.latest_step() is not None:
+            self.restore(ckpt)
+            self.log(f"resumed from {ckpt.directory} at iteration {self.start}")
+        lead = jax.process_index() == 0  # in a multi-host run only process 0 writes files
+        writer = tracking.MetricsWriter(self.out, start_iteration=self.start) if lead else None
+        stop = {"signal": None}
+
+        def on_signal(signum, _frame):
+            stop["signal"] = signum  # finish the iteration, checkpoint, exit cleanly
+
+        old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        end = self.iterations if stop_after is None else min(self.iterations, stop_after)
+        bar = None
+        if self.progress and lead:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.iterations, initial=self.start, desc="RA-RLHF" if cfg.risk.alpha < 1 else "RLHF",
+                       unit="it", dynamic_ncols=True)
+        last = {}
+        m = self.start
+        try:
+            while m < end and stop["signal"] is None:
+                try:
+                    metrics, (p, r, s) = self.iteration(m)
+                except NonFinite as e:
+                    good = ckpt.latest_step()
+                    where = (f"the last good checkpoint is iteration {good} in {ckpt.directory}; resume with "
+                             f"bin/train --resume {self.out}") if good is not None else "no checkpoint was written yet"
+                    raise NonFinite(f"{e}; stopped, {where}") from None
+                if writer is not None:
+                    writer.write(m, metrics)
+                last = metrics
+                if lead and cfg.train.sample_every and (m % cfg.train.sample_every == 0 or m == self.iterations - 1):
+                    extra = {k: fn([a + b_ for a, b_ in zip(p, r)]) for k, fn in self.extra_scorers.items()}
+                    tracking.write_samples(self.out / "samples" / f"iter_{m:05d}.csv", p, r, s, extra)
+                m += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix_str(
+                        f"R {metrics['env/reward_mean']:.3f} CVaR {metrics['env/reward_cvar']:.3f} "
+                        f"KL {metrics['objective/kl']:.3f} β {metrics['objective/kl_coef']:.3f} "
+                        f"α′ {int(metrics['risk/alpha_prime'])}")
+                if cfg.train.checkpoint_every and m % cfg.train.checkpoint_every == 0 and m < end:
+                    self.save(ckpt, m)
+        finally:
+            if bar is not None:
+                bar.close()
+            if writer is not None:
+                writer.close()
+            for s_, h in old.items():
+                signal.signal(s_, h)
+        if ckpt.latest_step() != m:
+            self.save(ckpt, m)
+        ckpt.close()
+        return {"iterations_done": m, "finished": m >= self.iterations, "last": last,
+                "interrupted": stop["signal"] is not None}
+
+    def host_params(self):
+        return parallel.to_host(self.state.params)
+
+    def export(self) -> pathlib.Path:
+        """The current policy (with value head) in Hugging Face format, plus the tokenizer."""
+        path = self.out / "model"
+        hf.save(path, self.policy.replace(dtype="float32"), self.host_params(), tokenizer=self.tokenizer)
+        return path

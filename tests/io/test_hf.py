@@ -1,0 +1,228 @@
+"""rajax.io.hf: load safetensors / sharded / .bin / hub-style keys, save for transformers, the value
+head (docs/paper.md §2.3), one-line errors, a hub id from the offline cache."""
+import json
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from rajax.io import hf, hf_gpt2
+from rajax.models import gpt2
+from rajax.models.base import init_value_head
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+TINY = dict(n_layer=2, n_embd=32, n_head=4, vocab_size=97, n_positions=64)
+OTHER = dict(n_layer=1, n_embd=24, n_head=3, vocab_size=50, n_positions=32, layer_norm_epsilon=1e-4,
+             resid_pdrop=0.2)
+
+
+def _torch_gpt2(seed, **kw):
+    torch.manual_seed(seed)
+    v = kw["vocab_size"] - 1
+    m = transformers.GPT2LMHeadModel(transformers.GPT2Config(bos_token_id=v, eos_token_id=v, **kw)).eval()
+    with torch.no_grad():  # make LN params and biases non-trivial
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return m
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    """Tiny torch GPT-2s: save_pretrained (safetensors), a legacy pytorch_model.bin (torch.save of
+    the state dict, as older transformers wrote it; v5 always writes safetensors), a second shape."""
+    root = tmp_path_factory.mktemp("hf")
+    out = {}
+    for name, seed, kw, safe in (("st", 0, TINY, True), ("bin", 1, TINY, False), ("other", 2, OTHER, True)):
+        m = _torch_gpt2(seed, **kw)
+        if safe:
+            m.save_pretrained(root / name)
+        else:
+            m.config.save_pretrained(root / name)
+            torch.save(m.state_dict(), root / name / "pytorch_model.bin")
+        out[name] = (root / name, m)
+    assert (root / "bin" / "pytorch_model.bin").is_file()
+    assert not (root / "bin" / "model.safetensors").exists()
+    return out
+
+
+def _sd(m):
+    return {k: v.detach().numpy() for k, v in m.state_dict().items()}
+
+
+def _assert_params_equal_torch(params, m, n_layer):
+    sd = _sd(m)
+    np.testing.assert_array_equal(params["wte"]["embedding"], sd["transformer.wte.weight"])
+    np.testing.assert_array_equal(params["wpe"]["embedding"], sd["transformer.wpe.weight"])
+    np.testing.assert_array_equal(params["ln_f"]["scale"], sd["transformer.ln_f.weight"])
+    for i in range(n_layer):
+        blk = params["h"][i]
+        np.testing.assert_array_equal(blk["attn"]["c_attn"]["kernel"], sd[f"transformer.h.{i}.attn.c_attn.weight"])
+        np.testing.assert_array_equal(blk["mlp"]["c_proj"]["bias"], sd[f"transformer.h.{i}.mlp.c_proj.bias"])
+        np.testing.assert_array_equal(blk["ln_2"]["bias"], sd[f"transformer.h.{i}.ln_2.bias"])
+
+
+def _torch_logits(m, ids):
+    with torch.no_grad():
+        return m(input_ids=torch.tensor(np.asarray(ids))).logits.numpy()
+
+
+@pytest.mark.parametrize("name", ["st", "bin"])
+def test_load_equals_torch_weights(ckpts, name):
+    d, m = ckpts[name]
+    cfg, params = hf.load(d)
+    assert cfg == gpt2.GPT2Config(vocab_size=97, n_positions=64, n_embd=32, n_layer=2, n_head=4)
+    _assert_params_equal_torch(params, m, 2)
+    # Same pytree structure and dtypes as gpt2.init, so optimisers/checkpoints see one layout.
+    chex.assert_trees_all_equal_shapes_and_dtypes(params, jax.eval_shape(lambda k: gpt2.init(cfg, k), jax.random.key(0)))
+
+
+def test_second_shape_logits_match_torch(ckpts):
+    d, m = ckpts["other"]
+    cfg, params = hf.load(d, dtype="bfloat16")
+    assert (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.vocab_size, cfg.n_positions) == (1, 24, 3, 50, 32)
+    assert cfg.layer_norm_epsilon == 1e-4 and cfg.dropout == 0.2 and cfg.dtype == "bfloat16"
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+    ids = np.random.default_rng(0).integers(0, 50, (2, 10))
+    ours = jax.jit(gpt2.apply, static_argnums=0)(cfg.replace(dtype="float32"), params, jnp.asarray(ids)).logits
+    assert np.abs(np.asarray(ours) - _torch_logits(m, ids)).max() <= 1e-4
+
+
+def test_hub_style_keys_sharded_and_buffers(ckpts, tmp_path):
+    """The hub's `gpt2` stores keys without `transformer.` plus `h.L.attn.bias` buffers; large models
+    are sharded with an index. Both load to the same params; a tied lm_head.weight is accepted."""
+    d, m = ckpts["st"]
+    sd = _sd(m)
+    bare = {k.removeprefix("transformer."): v for k, v in sd.items() if k != "lm_head.weight"}
+    for i in range(2):
+        bare[f"h.{i}.attn.bias"] = np.tril(np.ones((1, 1, 64, 64), np.float32))
+        bare[f"h.{i}.attn.masked_bias"] = np.array(-1e4, np.float32)
+    keys = sorted(bare)
+    half = len(keys) // 2
+    out = tmp_path / "sharded"
+    out.mkdir()
+    (out / "config.json").write_text((d / "config.json").read_text())
+    shards = {"model-00001-of-00002.safetensors": keys[:half], "model-00002-of-00002.safetensors": keys[half:]}
+    for fname, ks in shards.items():
+        save_file({k: np.ascontiguousarray(bare[k]) for k in ks}, out / fname, metadata={"format": "pt"})
+    index = {"metadata": {}, "weight_map": {k: f for f, ks in shards.items() for k in ks}}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index))
+    _, params = hf.load(out)
+    _assert_params_equal_torch(params, m, 2)
+    # Tied lm_head (== wte) is fine; from_state_dict is the in-memory entry point.
+    p2 = hf.from_state_dict(gpt2.GPT2Config(**{k: TINY[k] for k in TINY}), sd)
+    chex.assert_trees_all_equal(jax.tree.map(np.asarray, {k: p2[k] for k in ("h", "wte", "wpe", "ln_f")}),
+                                jax.tree.map(np.asarray, {k: params[k] for k in ("h", "wte", "wpe", "ln_f")}))
+
+
+def test_value_head_fresh_init_and_trl_keys(ckpts):
+    d, m = ckpts["st"]
+    cfg, p0 = hf.load(d)
+    _, p0b = hf.load(d)
+    _, p1 = hf.load(d, value_head_seed=1)
+    # Fresh init = init_value_head(seed), U(-1/sqrt(E), 1/sqrt(E)); seeded, so reproducible.
+    chex.assert_trees_all_equal(p0["v_head"], init_value_head(cfg.hidden_size, jax.random.key(0)))
+    chex.assert_trees_all_equal(p0["v_head"], p0b["v_head"])
+    assert not np.allclose(p0["v_head"]["kernel"], p1["v_head"]["kernel"])
+    assert np.abs(np.asarray(p0["v_head"]["kernel"])).max() <= 32 ** -0.5
+    # TRL checkpoints: v_head.summary.weight [1, E] (nn.Linear) in the same state dict -> transposed.
+    sd = _sd(m)
+    w = np.arange(32, dtype=np.float32)[None] / 100
+    sd["v_head.summary.weight"], sd["v_head.summary.bias"] = w, np.array([0.5], np.float32)
+    p = hf.from_state_dict(cfg, sd)
+    np.testing.assert_array_equal(p["v_head"]["kernel"], w.T)
+    np.testing.assert_array_equal(p["v_head"]["bias"], [0.5])
+
+
+def _random_params(cfg, seed):
+    """Random params in gpt2.init's layout, every tensor non-trivial (built in NumPy: no compiles)."""
+    rng = np.random.default_rng(seed)
+    sd = {k: rng.normal(0, 0.3, shape).astype(np.float32) for k, shape in
+          (("transformer." + hk, hf_gpt2._expected_shapes(cfg)[path]) for hk, path in hf_gpt2._key_map(cfg).items())}
+    sd["v_head.summary.weight"] = rng.normal(0, 0.3, (1, cfg.n_embd)).astype(np.float32)
+    sd["v_head.summary.bias"] = rng.normal(0, 0.3, (1,)).astype(np.float32)
+    return hf.from_state_dict(cfg, sd)
+
+
+def test_save_loads_in_transformers_and_round_trips(tmp_path):
+    cfg = gpt2.GPT2Config(**TINY, dropout=0.05)
+    params = _random_params(cfg, 7)
+    chex.assert_trees_all_equal_shapes_and_dtypes(params, jax.eval_shape(lambda k: gpt2.init(cfg, k),
+                                                                          jax.random.key(0)))
+    out = hf.save(tmp_path / "ckpt", cfg, params)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "value_head.safetensors"]
+    stored = load_file(out / "model.safetensors")
+    assert "lm_head.weight" not in stored and all(k.startswith("transformer.") for k in stored)
+    tm = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
+    assert tm.config.n_layer == 2 and tm.config.resid_pdrop == 0.05
+    ids = np.random.default_rng(1).integers(0, 97, (3, 16))
+    ours = jax.jit(gpt2.apply, static_argnums=0)(cfg, params, jnp.asarray(ids)).logits
+    assert np.abs(np.asarray(ours) - _torch_logits(tm, ids)).max() <= 1e-4
+    # ... and back: identical params, value head included.
+    cfg2, back = hf.load(out, value_head_seed=123)
+    assert cfg2 == cfg
+    chex.assert_trees_all_equal(jax.tree.map(np.asarray, back), jax.tree.map(np.asarray, params))
+    # Saving again over the same path replaces it cleanly (no temp dirs left behind).
+    hf.save(out, cfg, back)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_save_with_tokenizer(shared_data, tmp_path):
+    from rajax.io.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(shared_data / "gpt2-tokenizer")
+    cfg = gpt2.GPT2Config(**TINY)
+    out = hf.save(tmp_path / "ckpt", cfg, _random_params(cfg, 0), tokenizer=tok)
+    tok2 = transformers.AutoTokenizer.from_pretrained(out)
+    assert tok2("Hello world").input_ids == [15496, 995]
+
+
+def _one_line(e):
+    s = str(e.value)
+    assert "\n" not in s and s.strip() == s
+    return s
+
+
+def test_errors_are_one_line(tmp_path):
+    with pytest.raises(FileNotFoundError) as e:
+        hf.load(tmp_path / "nope", what="--policy")
+    assert _one_line(e).startswith("--policy ") and "no such directory" in str(e.value)
+    # A hub id with HF_HUB_OFFLINE=1 (conftest) and nothing cached.
+    with pytest.raises(ValueError) as e:
+        hf.load("someone/not-a-cached-model-xyz")
+    assert "hub is unreachable (offline); pass a local checkpoint directory" in _one_line(e)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no config.json") as e:
+        hf.load(tmp_path / "empty")
+    _one_line(e)
+    (tmp_path / "empty" / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1}))
+    with pytest.raises(ValueError, match="no model.safetensors") as e:
+        hf.load(tmp_path / "empty")
+    _one_line(e)
+    (tmp_path / "empty" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(ValueError, match="supported: gpt2") as e:
+        hf.load(tmp_path / "empty", what="--ref")
+    assert _one_line(e).startswith("--ref '")
+
+
+def test_hub_id_from_offline_cache(ckpts, tmp_path, monkeypatch):
+    """A hub id resolves through huggingface_hub's cache when HF_HUB_OFFLINE=1 (as on the GPU box
+    with a pre-populated cache): a hand-built cache entry models--someone--tiny-gpt2."""
+    import huggingface_hub.constants
+
+    d, m = ckpts["st"]
+    repo = tmp_path / "models--someone--tiny-gpt2"
+    snap = repo / "snapshots" / ("0" * 40)
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    for f in ("config.json", "model.safetensors"):
+        (snap / f).write_bytes((d / f).read_bytes())
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    cfg, params = hf.load("someone/tiny-gpt2")
+    assert cfg.n_layer == 2
+    _assert_params_equal_torch(params, m, 2)

@@ -1,0 +1,33 @@
+"""rajax.models.layers: Dense computes in its input's dtype over float32 masters; LayerNorm's statistics
+are float32 whatever the compute dtype; the tree-path helpers."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rajax.models import layers
+
+
+def test_dense_and_layernorm_numerics():
+    d = layers.Dense(4, 3, rngs=nnx.Rngs(0))
+    assert d.kernel[...].dtype == jnp.float32
+    x = jax.random.normal(jax.random.key(1), (2, 4))
+    np.testing.assert_allclose(d(x), x @ d.kernel[...] + d.bias[...], atol=1e-6)
+    assert d(x.astype(jnp.bfloat16)).dtype == jnp.bfloat16
+    ln = layers.LayerNorm(4, eps=1e-12)
+    y = 1000.0 + jax.random.normal(jax.random.key(2), (5, 4))  # large mean: bf16 statistics would lose it
+    want = (y - y.mean(-1, keepdims=True)) / jnp.sqrt(y.var(-1, keepdims=True) + 1e-12)
+    np.testing.assert_allclose(ln(y), want, atol=1e-4)
+    # bfloat16 in and out, float32 inside: the result is the float32 LayerNorm of the bf16 input,
+    # rounded once (eps 1e-12 would vanish in bf16 statistics).
+    z = (3.0 + jax.random.normal(jax.random.key(3), (5, 4))).astype(jnp.bfloat16)
+    out16 = ln(z)
+    assert out16.dtype == jnp.bfloat16 and ln(z, dtype=jnp.float32).dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(out16, np.float32), ln(z, dtype=jnp.float32), atol=2e-2)
+
+
+def test_tree_paths():
+    tree = {}
+    layers.set_path(tree, ("h", 0, "attn", "kernel"), 7)
+    assert tree == {"h": {0: {"attn": {"kernel": 7}}}}
+    assert layers.get_path(tree, ("h", 0, "attn", "kernel")) == 7
