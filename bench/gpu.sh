@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU measurement the issues ask for, in ONE device call, ours and the PyTorch peer on the same
-# card. Copy the peer first (the device call carries only this repository):
-#   mkdir -p .carry && cp ../shared/bench/torch_ppo_baseline.py .carry/ && mkdir -p .git/info && echo /.carry/ >> .git/info/exclude
+# card. The device call carries only this repository: first copy the peer to .carry/torch_ppo_baseline.py
+# (where it comes from and the exact commands: see CONTRIBUTING.md, "The GPU session"),
 # then run, with carry [".carry"]:   bash bench/gpu.sh
 # MODEL=tiny BATCH=16 bash bench/gpu.sh   is a CPU dry run of the same sequence.
 set -uo pipefail

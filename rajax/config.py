@@ -29,6 +29,7 @@ import yaml
 
 from rajax.core import ppo as ppo_lib
 from rajax.core import risk as risk_lib
+from rajax.core.errors import InvalidInput, MissingInput
 from rajax.core.ppo import PPOConfig
 from rajax.core.rollout import MIN_LENGTH_MODES, SampleSettings
 
@@ -193,7 +194,7 @@ def _coerce(value, tp, key: str):
             if type(None) in args:
                 return None
         if value is None:
-            raise ValueError(f"{key}: null is not allowed; give a {_type_name(tp)}")
+            raise InvalidInput(f"{key}: null is not allowed; give a {_type_name(tp)}")
         errors = []
         for a in args:
             if a is type(None):
@@ -202,18 +203,18 @@ def _coerce(value, tp, key: str):
                 return _coerce(value, a, key)
             except ValueError as e:
                 errors.append(str(e))
-        raise ValueError(errors[0] if errors else f"{key}: cannot use {value!r}")
+        raise InvalidInput(errors[0] if errors else f"{key}: cannot use {value!r}")
     if origin in (tuple, list):
         if isinstance(value, str):
             value = yaml.safe_load(value) if value.strip() else []
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{key}: expected a list, got {value!r}")
+            raise InvalidInput(f"{key}: expected a list, got {value!r}")
         elem = args[0] if args else Any
         return tuple(_coerce(v, elem, f"{key}[{i}]") for i, v in enumerate(value))
     if value is None:
-        raise ValueError(f"{key}: null is not allowed; give a {_type_name(tp)}")
+        raise InvalidInput(f"{key}: null is not allowed; give a {_type_name(tp)}")
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -221,10 +222,10 @@ def _coerce(value, tp, key: str):
             return bool(value)
         if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
             return value.strip().lower() in _TRUE
-        raise ValueError(f"{key}: expected true/false, got {value!r}")
+        raise InvalidInput(f"{key}: expected true/false, got {value!r}")
     if tp is int:
         if isinstance(value, bool):
-            raise ValueError(f"{key}: expected an integer, got {value!r}")
+            raise InvalidInput(f"{key}: expected an integer, got {value!r}")
         if isinstance(value, str):
             s = value.strip()
             try:
@@ -233,29 +234,29 @@ def _coerce(value, tp, key: str):
                 try:
                     value = float(s)
                 except ValueError:
-                    raise ValueError(f"{key}: expected an integer, got {value!r}") from None
+                    raise InvalidInput(f"{key}: expected an integer, got {value!r}") from None
         if isinstance(value, float) and value.is_integer():
             return int(value)
         if isinstance(value, int):
             return value
-        raise ValueError(f"{key}: expected an integer, got {value!r}")
+        raise InvalidInput(f"{key}: expected an integer, got {value!r}")
     if tp is float:
         if isinstance(value, bool):
-            raise ValueError(f"{key}: expected a number, got {value!r}")
+            raise InvalidInput(f"{key}: expected a number, got {value!r}")
         if isinstance(value, (int, float)):
             return float(value)
         if isinstance(value, str):
             try:
                 return float(value.strip())
             except ValueError:
-                raise ValueError(f"{key}: expected a number, got {value!r}") from None
-        raise ValueError(f"{key}: expected a number, got {value!r}")
+                raise InvalidInput(f"{key}: expected a number, got {value!r}") from None
+        raise InvalidInput(f"{key}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)  # e.g. a revision hash YAML read as a number
-        raise ValueError(f"{key}: expected a string, got {value!r}")
+        raise InvalidInput(f"{key}: expected a string, got {value!r}")
     return value
 
 
@@ -264,17 +265,17 @@ def _coerce(value, tp, key: str):
 # ------------------------------------------------------------------------------------------------
 def _build_section(cls, d: Mapping, section: str):
     if not isinstance(d, Mapping):
-        raise ValueError(f"config section '{section}' must be a mapping, got {d!r}")
+        raise InvalidInput(f"config section '{section}' must be a mapping, got {d!r}")
     ftypes = _field_types(cls)
     for k in d:
         if k not in ftypes:
-            raise ValueError(f"unknown config key '{section}.{k}'; valid keys in '{section}': "
+            raise InvalidInput(f"unknown config key '{section}.{k}'; valid keys in '{section}': "
                              f"{', '.join(ftypes)}")
     kw = {k: _coerce(v, ftypes[k], f"{section}.{k}") for k, v in d.items()}
     try:
         return cls(**kw)
     except ValueError as e:  # PPOConfig.__post_init__ checks its own values
-        raise ValueError(f"{section}: {str(e).splitlines()[0]}") from None
+        raise InvalidInput(f"{section}: {str(e).splitlines()[0]}") from None
 
 
 def from_dict(d: Mapping | None) -> Config:
@@ -283,7 +284,7 @@ def from_dict(d: Mapping | None) -> Config:
     valid = ["task", *SECTIONS]
     for k in d:
         if k not in valid:
-            raise ValueError(f"unknown config section '{k}'; valid sections: {', '.join(valid)}")
+            raise InvalidInput(f"unknown config section '{k}'; valid sections: {', '.join(valid)}")
     kw = {}
     if "task" in d:
         kw["task"] = _coerce(d["task"], str, "task")
@@ -332,15 +333,15 @@ def list_presets() -> list[str]:
 def _read_yaml(path, what: str) -> dict:
     p = pathlib.Path(path).expanduser()
     if not p.is_file():
-        raise FileNotFoundError(f"{what} {str(path)!r}: no such file")
+        raise MissingInput(f"{what} {str(path)!r}: no such file")
     try:
         d = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
-        raise ValueError(f"{what} {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise InvalidInput(f"{what} {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
     if d is None:
         return {}
     if not isinstance(d, dict):
-        raise ValueError(f"{what} {str(path)!r} must hold a mapping of config sections, got {type(d).__name__}")
+        raise InvalidInput(f"{what} {str(path)!r} must hold a mapping of config sections, got {type(d).__name__}")
     return d
 
 
@@ -365,7 +366,7 @@ def _override_items(overrides) -> list[tuple[str, Any]]:
     items = []
     for o in overrides:
         if not isinstance(o, str) or "=" not in o:
-            raise ValueError(f"override {o!r} must look like section.key=value (e.g. ppo.learning_rate=2e-5)")
+            raise InvalidInput(f"override {o!r} must look like section.key=value (e.g. ppo.learning_rate=2e-5)")
         k, v = o.split("=", 1)
         items.append((k.strip(), v))
     return items
@@ -380,17 +381,17 @@ def apply_overrides(d: dict, overrides) -> dict:
             out["task"] = value
             continue
         if parts[0] not in SECTIONS:
-            raise ValueError(f"unknown config section '{parts[0]}' in override {key!r}; valid sections: "
+            raise InvalidInput(f"unknown config section '{parts[0]}' in override {key!r}; valid sections: "
                              f"task, {', '.join(SECTIONS)}")
         if len(parts) == 1 and isinstance(value, Mapping):
             out[parts[0]] = _merge(dict(out.get(parts[0]) or {}), value)
             continue
         if len(parts) != 2:
-            raise ValueError(f"override key {key!r} must be section.field (e.g. ppo.learning_rate)")
+            raise InvalidInput(f"override key {key!r} must be section.field (e.g. ppo.learning_rate)")
         section, field = parts
         valid = _field_types(SECTIONS[section])
         if field not in valid:
-            raise ValueError(f"unknown config key '{key}'; valid keys in '{section}': {', '.join(valid)}")
+            raise InvalidInput(f"unknown config key '{key}'; valid keys in '{section}': {', '.join(valid)}")
         out.setdefault(section, {})
         out[section] = dict(out[section] or {})
         out[section][field] = value
@@ -415,7 +416,7 @@ def load_config(task_or_path, user_yaml=None, overrides=(), *, check: bool = Tru
         else:
             preset = preset_dir() / f"{name}.yaml"
             if not preset.is_file():
-                raise ValueError(f"unknown task {name!r}: no preset {preset}; choose one of "
+                raise InvalidInput(f"unknown task {name!r}: no preset {preset}; choose one of "
                                  f"{', '.join(list_presets()) or '(none found)'} or pass a YAML path")
             base = _read_yaml(preset, "preset")
     if user_yaml:
@@ -432,12 +433,12 @@ def load_config(task_or_path, user_yaml=None, overrides=(), *, check: bool = Tru
 # ------------------------------------------------------------------------------------------------
 def _choice(value, choices, key):
     if value not in choices:
-        raise ValueError(f"{key}={value!r} is not valid; choose one of {', '.join(map(str, choices))}")
+        raise InvalidInput(f"{key}={value!r} is not valid; choose one of {', '.join(map(str, choices))}")
 
 
 def _check(ok: bool, msg: str):
     if not ok:
-        raise ValueError(msg)
+        raise InvalidInput(msg)
 
 
 def validate(cfg: Config, num_devices: int = 1) -> Config:
@@ -509,7 +510,8 @@ def validate(cfg: Config, num_devices: int = 1) -> Config:
     _check(e.test_size is None or e.test_size >= 1, f"eval.test_size={e.test_size} must be >= 1 or null")
     for a in e.cvar_alphas:
         _check(0.0 < a <= 1.0, f"eval.cvar_alphas has {a}; each must be in (0, 1]")
-    _check(e.ppl_num_texts is None or e.ppl_num_texts >= 0, f"eval.ppl_num_texts={e.ppl_num_texts} must be >= 0")
+    _check(e.ppl_num_texts is None or e.ppl_num_texts >= 1,
+           f"eval.ppl_num_texts={e.ppl_num_texts} must be >= 1 or null (all texts)")
     _check(e.ppl_max_chars is None or e.ppl_max_chars >= 1, f"eval.ppl_max_chars={e.ppl_max_chars} must be >= 1")
     _check(e.batch_size >= 1, f"eval.batch_size={e.batch_size} must be >= 1")
     _check(e.batch_size % num_devices == 0,

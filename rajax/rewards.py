@@ -23,6 +23,7 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 import jax
 import numpy as np
 
+from rajax.core.errors import InvalidInput
 from rajax.io.hf_bert import load_classifier
 from rajax.models import bert
 
@@ -49,7 +50,7 @@ def _classifier_fn(cfg: bert.BertConfig):
 
 def _concat(prompts: Sequence[str], responses: Sequence[str]) -> list[str]:
     if len(prompts) != len(responses):
-        raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses; they must pair up")
+        raise InvalidInput(f"got {len(prompts)} prompts but {len(responses)} responses; they must pair up")
     return [p + r for p, r in zip(prompts, responses)]
 
 
@@ -67,11 +68,11 @@ class RewardModel:
                  sign: float = 1.0, max_length: int | None = None,
                  buckets: Sequence[int] = (32, 64, 128, 256, 512), batch_size: int | None = None):
         if sign not in (1, -1, 1.0, -1.0):
-            raise ValueError(f"sign must be +1 or -1, got {sign!r}")
+            raise InvalidInput(f"sign must be +1 or -1, got {sign!r}")
         if not 0 <= index < cfg.num_labels:
-            raise ValueError(f"label index {index} out of range for labels {labels}")
+            raise InvalidInput(f"label index {index} out of range for labels {labels}")
         if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+            raise InvalidInput(f"batch_size must be a positive integer or None, got {batch_size!r}")
         self.cfg, self.labels, self.tokenizer = cfg, list(labels), tokenizer
         self.index, self.label, self.sign = int(index), labels[index], float(sign)
         # Truncate like `pipeline(..., truncation=True)`: at the tokenizer's model_max_length, which
@@ -80,7 +81,7 @@ class RewardModel:
                     cfg.max_position)
         if max_length is not None:
             if max_length < 2:
-                raise ValueError(f"max_length must be >= 2 (room for [CLS] and [SEP]), got {max_length}")
+                raise InvalidInput(f"max_length must be >= 2 (room for [CLS] and [SEP]), got {max_length}")
             limit = min(limit, int(max_length))
         self.max_length = limit
         bs = sorted({int(b) for b in buckets if 0 < int(b) < limit})
@@ -106,7 +107,7 @@ class RewardModel:
         """
         texts = list(texts)
         if not all(isinstance(t, str) for t in texts):
-            raise ValueError("reward texts must be strings (decode token ids before scoring)")
+            raise InvalidInput("reward texts must be strings (decode token ids before scoring)")
         enc = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=False,
                              return_attention_mask=False, return_token_type_ids=False)["input_ids"]
         rows = self._rows(len(texts))
@@ -149,15 +150,15 @@ class RewardModel:
 def _label_index(labels: list[str], label: str | None, index: int | None) -> int:
     if index is not None:
         if not 0 <= int(index) < len(labels):
-            raise ValueError(f"index {index} out of range: the checkpoint's labels are {labels}")
+            raise InvalidInput(f"index {index} out of range: the checkpoint's labels are {labels}")
         return int(index)
     if label is None:
         if len(labels) == 1:
             return 0
-        raise ValueError(f"choose a label (label=... or index=...): the checkpoint's labels are {labels}")
+        raise InvalidInput(f"choose a label (label=... or index=...): the checkpoint's labels are {labels}")
     hits = [i for i, l in enumerate(labels) if l.lower() == str(label).lower()]
     if not hits:
-        raise ValueError(f"label {label!r} is not one of the checkpoint's labels {labels}")
+        raise InvalidInput(f"label {label!r} is not one of the checkpoint's labels {labels}")
     return hits[0]
 
 
@@ -172,6 +173,9 @@ def load_reward_model(name_or_path: str, *, label: str | None = None, index: int
     dtype ("float32" matches the PyTorch reference; "bfloat16" is faster on GPU).
     """
     cfg, params, labels, tok = load_classifier(name_or_path, what=what)
+    if len(tok) > cfg.vocab_size:
+        raise InvalidInput(f"{what} {name_or_path}: its tokenizer has {len(tok)} tokens but the classifier has "
+                           f"{cfg.vocab_size} embedding rows; the checkpoint's tokenizer does not belong to it")
     idx = _label_index(labels, label, index)
     return RewardModel(cfg.replace(dtype=dtype), params, labels, tok, index=idx, sign=sign,
                        max_length=max_length, buckets=buckets, batch_size=batch_size)
@@ -194,7 +198,7 @@ def reward_for_task(kind: str, path: str | None = None, **kw) -> RewardModel:
     """``kind="toxic"`` → ``toxic_bert(path)``; ``kind="positive"`` → ``distilbert_imdb(path)``.
     ``path=None`` uses the preset's hub id."""
     if kind not in _TASKS:
-        raise ValueError(f"unknown reward kind {kind!r}; choose one of {sorted(_TASKS)}")
+        raise InvalidInput(f"unknown reward kind {kind!r}; choose one of {sorted(_TASKS)}")
     return _TASKS[kind](**kw) if path is None else _TASKS[kind](path, **kw)
 
 
@@ -217,7 +221,7 @@ class PythonReward:
 
     def __init__(self, fn: Callable, batched: bool = False):
         if not callable(fn):
-            raise ValueError(f"PythonReward needs a callable, got {type(fn).__name__}")
+            raise InvalidInput(f"PythonReward needs a callable, got {type(fn).__name__}")
         self.fn, self.batched = fn, bool(batched)
 
     def score_texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -225,17 +229,17 @@ class PythonReward:
         if self.batched:
             raw = list(self.fn(texts))
             if len(raw) != len(texts):
-                raise ValueError(f"batched reward function returned {len(raw)} scores for {len(texts)} texts")
+                raise InvalidInput(f"batched reward function returned {len(raw)} scores for {len(texts)} texts")
         else:
             raw = [self.fn(t) for t in texts]
         try:
             out = np.asarray([float(x) for x in raw], np.float64)
         except (TypeError, ValueError) as e:
-            raise ValueError(f"reward function must return numbers: {e}") from None
+            raise InvalidInput(f"reward function must return numbers: {e}") from None
         bad = np.flatnonzero(~np.isfinite(out))
         if bad.size:
             i = int(bad[0])
-            raise ValueError(f"reward function returned {out[i]} for text {i} ({texts[i][:40]!r}); "
+            raise InvalidInput(f"reward function returned {out[i]} for text {i} ({texts[i][:40]!r}); "
                              "scores must be finite")
         return out.astype(np.float32)
 

@@ -35,6 +35,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from rajax.core.errors import InvalidInput, NonFinite
 from rajax.core.rollout import logprobs_of
 
 Params = Any
@@ -185,14 +186,14 @@ def train_lm(
     mask = np.asarray(mask)
     label_mask = mask if label_mask is None else np.asarray(label_mask)
     if token_ids.ndim != 2 or token_ids.shape != mask.shape or label_mask.shape != mask.shape:
-        raise ValueError(f"token_ids, mask and label_mask must be the same [N, T] shape; got "
+        raise InvalidInput(f"token_ids, mask and label_mask must be the same [N, T] shape; got "
                          f"{token_ids.shape}, {mask.shape}, {label_mask.shape}")
     if len(token_ids) == 0:
-        raise ValueError("no training texts: the SFT corpus is empty")
+        raise InvalidInput("no training texts: the SFT corpus is empty")
     if token_ids.shape[1] > cfg.context_length:
-        raise ValueError(f"sequences of {token_ids.shape[1]} tokens exceed the model's context of {cfg.context_length}")
+        raise InvalidInput(f"sequences of {token_ids.shape[1]} tokens exceed the model's context of {cfg.context_length}")
     if min(epochs, micro_batch, grad_accum) < 1:
-        raise ValueError(f"epochs, micro_batch and grad_accum must be >= 1 (got {epochs}, {micro_batch}, {grad_accum})")
+        raise InvalidInput(f"epochs, micro_batch and grad_accum must be >= 1 (got {epochs}, {micro_batch}, {grad_accum})")
     n = len(token_ids)
     spe = steps_per_epoch(n, micro_batch, grad_accum)
     total = epochs * spe
@@ -226,6 +227,9 @@ def train_lm(
                 batch = jax.device_put(batch, data) if data is not None else batch
                 params, opt_state, m = step_fn(params, opt_state, batch, jax.random.fold_in(key, step))
                 m = {k: float(v) for k, v in m.items()}
+                if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
+                    raise NonFinite(f"the SFT loss is {m['loss']} (gradient norm {m['grad_norm']}) at step "
+                                    f"{step + 1}; nothing was saved; lower the learning rate")
                 m["lr"] = float(sched(step))
                 m["epoch"] = epoch + 1
                 step += 1
@@ -253,14 +257,14 @@ def tokenize_for_sft(tokenizer, texts: Sequence[str], max_tokens: int = 64):
     ``DataCollatorForLanguageModeling`` sets those labels to -100 (quirk #16).
     """
     if max_tokens < 2:
-        raise ValueError(f"max_tokens must be >= 2 (got {max_tokens})")
+        raise InvalidInput(f"max_tokens must be >= 2 (got {max_tokens})")
     texts = [t for t in texts if isinstance(t, str) and t]
     if not texts:
-        raise ValueError("no training texts: the SFT corpus is empty")
+        raise InvalidInput("no training texts: the SFT corpus is empty")
     enc = tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=max_tokens)["input_ids"]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad is None:
-        raise ValueError("the tokenizer has neither a pad nor an eos token")
+        raise InvalidInput("the tokenizer has neither a pad nor an eos token")
     width = max(1, max(len(e) for e in enc))
     ids = np.full((len(enc), width), pad, np.int32)
     attn = np.zeros((len(enc), width), np.int32)

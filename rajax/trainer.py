@@ -25,9 +25,11 @@ import optax
 from rajax import config as config_lib
 from rajax import rewards, tasks
 from rajax.core import parallel, ppo, risk, rollout
+from rajax.core.errors import CheckpointError, InvalidInput, NonFinite
 from rajax.io import hf, tracking
 from rajax.io.checkpoint import Checkpointer
-from rajax.io.tokenizer import load_tokenizer
+from rajax.io.rundir import RunDir
+from rajax.io.tokenizer import check_fits, load_tokenizer
 
 
 class TrainState(NamedTuple):
@@ -36,51 +38,63 @@ class TrainState(NamedTuple):
     kl_state: Any
 
 
-class NonFinite(RuntimeError):
-    """A non-finite reward, loss or parameter: the run stops without checkpointing it."""
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be written."""
-
-
 class Trainer:
     """Holds the loaded models, data and compiled steps of one run. ``run()`` drives the loop.
 
+    ``out_dir`` becomes a ``RunDir`` (locked, with a manifest of what the run writes): a new run
+    (refused on a non-empty directory unless ``overwrite``) or, with ``resume``, the run to continue.
     ``tx`` is the optimizer (any optax transformation, e.g. a chain with a schedule); the default is
     ``ppo.default_optimizer(cfg.ppo)``, the original code's Adam.
     """
 
-    def __init__(self, cfg, out_dir, *, tx: optax.GradientTransformation | None = None, progress: bool = True,
-                 log=print):
+    def __init__(self, cfg, out_dir, *, run: RunDir | None = None, resume: bool = False, overwrite: bool = False,
+                 tx: optax.GradientTransformation | None = None, progress: bool = True, log=print):
         self.log = log
         self.progress = progress
         self.out = pathlib.Path(out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.lead = jax.process_index() == 0  # in a multi-host run only process 0 writes files
         n_dev = jax.device_count()  # all hosts' devices after jax.distributed.initialize
         cfg, self.task = tasks.prepare(cfg, progress=progress)
         config_lib.validate(cfg, num_devices=n_dev)
         self.cfg = cfg
+        if run is None and self.lead:
+            run = (RunDir.open(self.out) if resume else
+                   RunDir.create(self.out, cfg_text=config_lib.dump_yaml(cfg), seed=cfg.train.seed,
+                                 overwrite=overwrite))
+        self.run_dir = run
         t0 = time.time()
-        self.tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.policy, padding_side="left")
-        self.policy, params = hf.load(cfg.model.policy, value_head_seed=cfg.train.seed, what="--policy")
-        self.policy = self.policy.replace(dtype=cfg.model.dtype, remat=cfg.model.remat)
-        _, ref_params = hf.load(cfg.model.ref_policy or cfg.model.policy, value_head_seed=cfg.train.seed,
-                                what="--ref-policy")
+        m = cfg.model
+        tok_src, tok_flag = (m.tokenizer, "--tokenizer") if m.tokenizer else (m.policy, "--policy (its tokenizer)")
+        self.tokenizer = load_tokenizer(tok_src, padding_side="left", what=tok_flag)
+        self.policy, params = hf.load(m.policy, value_head_seed=cfg.train.seed, what="--policy")
+        self.policy = self.policy.replace(dtype=m.dtype, remat=m.remat)
+        ref_src = m.ref_policy or m.policy
+        ref_cfg, ref_params = hf.load(ref_src, value_head_seed=cfg.train.seed, what="--ref-policy")
+        check_fits(self.tokenizer, self.policy.vocab_size, tokenizer_name=tok_src, model_name=m.policy,
+                   tokenizer_flag=tok_flag)
+        if ref_cfg.vocab_size != self.policy.vocab_size:
+            raise InvalidInput(f"--ref-policy {ref_src} has {ref_cfg.vocab_size} embedding rows but --policy "
+                               f"{m.policy} has {self.policy.vocab_size}; the KL penalty needs one vocabulary")
+        for name, tree in (("--policy", params), ("--ref-policy", ref_params)):
+            if not bool(parallel.all_finite(tree)):
+                raise NonFinite(f"{name} {m.policy if name == '--policy' else ref_src} has non-finite parameters")
         self.reward = rewards.from_config(cfg.reward)
         self.data = self.task.load(cfg, self.tokenizer)
         self.extra_scorers = self.task.extra_scorers(cfg)
         self.settings = cfg.generation.sample_settings(self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
         b = cfg.train.batch_size
         n_train = len(self.data.train.texts)
+        if n_train < b:
+            raise InvalidInput(f"{n_train} training prompts are fewer than one batch of {b}; lower --batch-size "
+                               "(train.batch_size) or give more prompts")
         self.iterations = cfg.train.iterations or n_train // b
-        if self.iterations < 1 or self.iterations * b > n_train:
-            raise ValueError(
+        if self.iterations * b > n_train:
+            raise InvalidInput(
                 f"{n_train} training prompts give {n_train // b} batches of {b}; "
                 f"set --iterations to at most {n_train // b} or lower --batch-size")
         self.risk_M = cfg.risk.M or self.iterations
         if cfg.risk.alpha < 1.0 and cfg.risk.n >= self.risk_M:
-            raise ValueError(f"risk.n={cfg.risk.n} must be < risk.M={self.risk_M}; lower --risk-n or raise --risk-M")
+            raise InvalidInput(f"risk.n={cfg.risk.n} must be < risk.M={self.risk_M}; lower --risk-n or raise --risk-M")
         self.order = np.random.default_rng(cfg.train.seed).permutation(n_train)
         self.mesh = parallel.make_mesh()
         self.tx = ppo.default_optimizer(cfg.ppo) if tx is None else tx
@@ -164,8 +178,10 @@ class Trainer:
         meta = {"iteration": m_next, "data_position": m_next * self.cfg.train.batch_size,
                 "seed": self.cfg.train.seed, "config": config_lib.to_dict(self.cfg)}
         try:
-            ckpt.save(m_next, self._state_tree(), meta)
-        except OSError as e:  # disk full, permissions: Orbax leaves the previous checkpoint intact
+            ckpt.save(m_next, self._state_tree(), meta)  # a storage failure is already a CheckpointError line
+        except CheckpointError:
+            raise
+        except OSError as e:  # disk full, permissions raised by the file system directly
             prev = ckpt.latest_step()
             kept = f"checkpoint {prev} in {ckpt.directory} is intact" if prev is not None else "no earlier checkpoint"
             raise CheckpointError(f"writing checkpoint {m_next} failed ({e.strerror or e}); {kept}") from None
@@ -181,12 +197,20 @@ class Trainer:
     # --- the loop --------------------------------------------------------------------------------
     def run(self, *, resume: bool = False, stop_after: int | None = None) -> dict:
         cfg = self.cfg
-        ckpt = Checkpointer(self.out / "checkpoints", keep=cfg.train.keep_checkpoints)
-        if resume and ckpt.latest_step() is not None:
-            self.restore(ckpt)
-            self.log(f"resumed from {ckpt.directory} at iteration {self.start}")
-        lead = jax.process_index() == 0  # in a multi-host run only process 0 writes files
-        writer = tracking.MetricsWriter(self.out, start_iteration=self.start) if lead else None
+        lead = self.lead
+        ckpt = Checkpointer(self.out / "checkpoints", keep=cfg.train.keep_checkpoints, log=self.log)
+        if lead:
+            self.run_dir.record("checkpoints")
+        if resume:
+            if ckpt.latest_step() is None:
+                self.log(f"{self.out} has no checkpoint yet: starting at iteration 0")
+            else:
+                self.restore(ckpt)
+                self.log(f"resumed from {ckpt.directory} at iteration {self.start}")
+        writer = None
+        if lead:
+            writer = tracking.MetricsWriter(self.out, start_iteration=self.start)
+            self.run_dir.record("metrics.jsonl", "tb")
         stop = {"signal": None}
 
         def on_signal(signum, _frame):
@@ -216,7 +240,9 @@ class Trainer:
                 last = metrics
                 if lead and cfg.train.sample_every and (m % cfg.train.sample_every == 0 or m == self.iterations - 1):
                     extra = {k: fn([a + b_ for a, b_ in zip(p, r)]) for k, fn in self.extra_scorers.items()}
-                    tracking.write_samples(self.out / "samples" / f"iter_{m:05d}.csv", p, r, s, extra)
+                    path = self.out / "samples" / f"iter_{m:05d}.csv"
+                    self.run_dir.record(path)
+                    tracking.write_samples(path, p, r, s, extra)
                 m += 1
                 if bar is not None:
                     bar.update(1)
@@ -237,13 +263,21 @@ class Trainer:
             self.save(ckpt, m)
         ckpt.close()
         return {"iterations_done": m, "finished": m >= self.iterations, "last": last,
-                "interrupted": stop["signal"] is not None}
+                "interrupted": stop["signal"] is not None, "signal": stop["signal"]}
 
     def host_params(self):
         return parallel.to_host(self.state.params)
 
     def export(self) -> pathlib.Path:
-        """The current policy (with value head) in Hugging Face format, plus the tokenizer."""
-        path = self.out / "model"
-        hf.save(path, self.policy.replace(dtype="float32"), self.host_params(), tokenizer=self.tokenizer)
-        return path
+        """The current policy (with value head) in Hugging Face format, plus the tokenizer, as
+        ``model/``: only this run's files there are replaced."""
+        params = self.host_params()
+        if not bool(parallel.all_finite(params)):
+            raise NonFinite("the policy has non-finite parameters; nothing was exported")
+        cfg = self.policy.replace(dtype="float32")
+        return self.run_dir.replace_dir("model", lambda d: hf.save(d, cfg, params, tokenizer=self.tokenizer))
+
+    def close(self) -> None:
+        """Release the run directory's lock."""
+        if self.run_dir is not None:
+            self.run_dir.close()

@@ -1,9 +1,8 @@
 """rajax.sft (docs/paper.md §3 SFT rows, quirk #16): loss masking, TRL-style encoding, batching, train_lm."""
-import numpy as np
-import pytest
-
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
 
 from rajax import sft
 from rajax.models import gpt2

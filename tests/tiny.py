@@ -7,7 +7,6 @@ import shutil
 import numpy as np
 
 
-
 def bpe_tokenizer(sentences, vocab_size: int = 300):
     """A GPT-2-style byte-level BPE trained on ``sentences``, with ``<|endoftext|>`` as BOS/EOS/UNK
     (no pad token: ``rajax.tokenizer.load_tokenizer`` sets pad = EOS, as for GPT-2)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 import sys
 from collections.abc import Sequence
 
@@ -13,7 +14,10 @@ import jax
 
 from rajax import config as config_lib
 from rajax import evaluation
-from rajax.evaluation import evaluate
+from rajax.cli import common
+from rajax.core.errors import InvalidInput
+from rajax.evaluation import evaluate, report
+from rajax.io.rundir import RunDir
 
 
 def parse_policy(spec: str) -> tuple[str, str]:
@@ -25,7 +29,7 @@ def parse_policy(spec: str) -> tuple[str, str]:
         name = os.path.basename(os.path.normpath(spec)) or spec
     name, path = name.strip(), path.strip()
     if not name or not path:
-        raise ValueError(f"--policy expects NAME=PATH, got {spec!r}")
+        raise InvalidInput(f"--policy expects NAME=PATH, got {spec!r}")
     return name, path
 
 
@@ -52,27 +56,35 @@ def _parser():
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    return common.guard(lambda: _main(args))
+
+
+def _main(args) -> int:
+    ovr = []
+    for flag, k in (("reward_model", "reward.model"), ("data", "data.path"), ("test_path", "data.test_path"),
+                    ("tokenizer", "model.tokenizer"), ("test_size", "eval.test_size")):
+        v = getattr(args, flag)
+        if v is not None:
+            ovr.append(f"{k}={v}")
+    ovr += list(args.set)
+    cfg = config_lib.load_config(args.task, args.config, ovr)
+    policies = dict(parse_policy(s) for s in args.policy)
+    if len(policies) != len(args.policy):
+        raise InvalidInput("two --policy entries have the same NAME")
+    out = pathlib.Path(args.out or f"runs/eval-{cfg.task}")
+    key = None if args.seed is None else jax.random.key(args.seed)
+    # The output directory owns what it wrote: a re-run replaces its own files, never a user's.
+    run = RunDir.create(out, cfg_text=config_lib.dump_yaml(cfg), seed=cfg.train.seed, overwrite=True,
+                        entries=report.FILES, kind="evaluate")
+    got = {}
     try:
-        ovr = []
-        for flag, k in (("reward_model", "reward.model"), ("data", "data.path"), ("test_path", "data.test_path"),
-                        ("tokenizer", "model.tokenizer"), ("test_size", "eval.test_size")):
-            v = getattr(args, flag)
-            if v is not None:
-                ovr.append(f"{k}={v}")
-        ovr += list(args.set)
-        cfg = config_lib.load_config(args.task, args.config, ovr)
-        policies = dict(parse_policy(s) for s in args.policy)
-        if len(policies) != len(args.policy):
-            raise ValueError("two --policy entries have the same NAME")
-        out = args.out or f"runs/eval-{cfg.task}"
-        key = None if args.seed is None else jax.random.key(args.seed)
-        m = evaluate(cfg, policies, out, key=key, progress=not args.no_progress,
-                     ref=args.ref)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(evaluation.metrics_table(m))
-    print(f"wrote {out}/report.md", file=sys.stderr)
+        run.publish(lambda d: got.update(m=evaluate(cfg, policies, d, key=key, progress=not args.no_progress,
+                                                     ref=args.ref, check_finite=False)))
+    finally:
+        run.close()
+    print(evaluation.metrics_table(got["m"]))
+    print(f"wrote {out / 'report.md'}", file=sys.stderr)
+    evaluation.check_finite(got["m"], where=out)
     return 0
 
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -14,8 +15,12 @@ import jax
 
 from rajax import config as config_lib
 from rajax import tasks
+from rajax.cli import common
+from rajax.core import parallel
+from rajax.core.errors import InvalidInput, NonFinite
 from rajax.io import hf
-from rajax.io.tokenizer import load_tokenizer
+from rajax.io.rundir import RunDir
+from rajax.io.tokenizer import check_fits, load_tokenizer
 from rajax.sft import steps_per_epoch, tokenize_for_sft, train_lm
 
 
@@ -36,16 +41,24 @@ def run_sft(
     overrides: Sequence[str] = (),
     progress: bool = True,
     log_fn: Callable[[int, dict], None] | None = None,
+    overwrite: bool = False,
 ) -> str:
     """SFT of ``policy`` on the task's SFT texts (docs/paper.md §3), saved as an HF checkpoint in ``out``.
 
     ``task`` is a task name / YAML path (loaded with ``rajax.config.load_config``) or a ``Config``.
     ``policy`` defaults to the config's ``model.policy``; ``data`` sets ``data.path``. ``texts``
     bypasses the task's data loader. ``batch`` is the effective batch: ``grad_accum = batch //
-    micro_batch``. Returns ``out``.
+    micro_batch``. ``out`` owns what it writes (a manifest and a lock, as a run directory): a non-empty
+    ``out`` is refused unless ``overwrite``, which replaces only an earlier SFT's files. Returns ``out``.
     """
-    if batch < micro_batch or batch % micro_batch:
-        raise ValueError(f"--batch ({batch}) must be a positive multiple of --micro-batch ({micro_batch})")
+    checks = [(math.isfinite(lr) and lr > 0, f"--lr {lr} must be a positive number"),
+              (epochs >= 1, f"--epochs {epochs} must be >= 1"), (micro_batch >= 1, f"--micro-batch {micro_batch} must be >= 1"),
+              (batch >= micro_batch and batch % micro_batch == 0,
+               f"--batch ({batch}) must be a positive multiple of --micro-batch ({micro_batch})"),
+              (max_tokens >= 2, f"--max-tokens {max_tokens} must be >= 2")]
+    for ok, msg in checks:
+        if not ok:
+            raise InvalidInput(msg)
     ovr = list(overrides)
     if data is not None:
         ovr.append(f"data.path={data}")
@@ -64,17 +77,27 @@ def run_sft(
         texts = task.load(cfg, tokenizer, require=()).sft_texts
     ids, attn, labels = tokenize_for_sft(tokenizer, texts, max_tokens)
     mcfg, params = hf.load(policy, value_head_seed=seed, what="--policy")
+    check_fits(tokenizer, mcfg.vocab_size, tokenizer_name=tok_name, model_name=policy)
+    if not bool(parallel.all_finite(params)):
+        raise NonFinite(f"--policy {policy} has non-finite parameters")
+    run = RunDir.create(out, cfg_text=config_lib.dump_yaml(cfg), seed=seed, overwrite=overwrite, entries=(),
+                        kind="sft")
     if ids.shape[1] > mcfg.context_length:
-        raise ValueError(f"--max-tokens {max_tokens} exceeds the model's context of {mcfg.context_length}")
+        raise InvalidInput(f"--max-tokens {max_tokens} exceeds the model's context of {mcfg.context_length}")
     print(f"sft: {len(ids)} texts, <= {ids.shape[1]} tokens, {epochs} epochs, effective batch {batch} "
           f"({micro_batch} x {batch // micro_batch}), "
           f"{epochs * steps_per_epoch(len(ids), micro_batch, batch // micro_batch)} optimizer steps, "
           f"{jax.device_count()} device(s)", file=sys.stderr)
     t0 = time.time()
-    params = train_lm(mcfg, params, ids, attn, epochs=epochs, lr=lr, micro_batch=micro_batch,
-                      grad_accum=batch // micro_batch, seed=seed, dropout=getattr(mcfg, "dropout", 0.0) > 0,
-                      progress=progress, log_fn=log_fn, label_mask=labels)
-    hf.save(out, mcfg, params, tokenizer=tokenizer)
+    try:
+        params = train_lm(mcfg, params, ids, attn, epochs=epochs, lr=lr, micro_batch=micro_batch,
+                          grad_accum=batch // micro_batch, seed=seed, dropout=getattr(mcfg, "dropout", 0.0) > 0,
+                          progress=progress, log_fn=log_fn, label_mask=labels)
+        if not bool(parallel.all_finite(params)):
+            raise NonFinite("the SFT parameters are non-finite; nothing was saved; lower the learning rate")
+        run.publish(lambda d: hf.save(d, mcfg, params, tokenizer=tokenizer))
+    finally:
+        run.close()
     print(f"sft: saved {out} ({time.time() - t0:.0f} s)", file=sys.stderr)
     return out
 
@@ -94,6 +117,7 @@ def _parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. data.source=file (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier SFT's files in a non-empty --out")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -101,14 +125,10 @@ def _parser():
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     out = args.out or f"runs/sft-{str(args.task).replace('/', '_').removesuffix('.yaml')}"
-    try:
-        run_sft(args.task, policy=args.policy, out=out, data=args.data, epochs=args.epochs, lr=args.lr,
-                batch=args.batch, micro_batch=args.micro_batch, max_tokens=args.max_tokens, seed=args.seed,
-                overrides=args.set, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return common.guard(lambda: run_sft(
+        args.task, policy=args.policy, out=out, data=args.data, epochs=args.epochs, lr=args.lr, batch=args.batch,
+        micro_batch=args.micro_batch, max_tokens=args.max_tokens, seed=args.seed, overrides=args.set,
+        progress=not args.no_progress, overwrite=args.overwrite) and 0)
 
 
 if __name__ == "__main__":

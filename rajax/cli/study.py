@@ -15,7 +15,27 @@ import pathlib
 import sys
 
 from rajax import study, tasks
-from rajax.cli import train
+from rajax.cli import common, train
+from rajax.core.errors import InvalidInput
+
+# bin/train flags that would give the two arms different settings (or clash with the study's own).
+ARM_FLAGS = ("--alpha", "--risk", "--seed", "--out", "--resume", "--overwrite", "--task")
+ARM_KEYS = ("risk.alpha", "train.seed")
+
+
+def check_train_args(train_args) -> None:
+    """Refuse extra bin/train arguments that would change one arm of the comparison and not the other."""
+    for i, a in enumerate(train_args):
+        flag = a.split("=", 1)[0]
+        if flag in ARM_FLAGS:
+            raise InvalidInput(f"{flag} after -- would change one arm of the study (or the study's own runs); "
+                               f"use bin/study {'--alpha' if flag in ('--alpha', '--risk') else '--seeds / --out / --task'}"
+                               " instead")
+        value = a.split("=", 1)[1] if a.startswith("--set=") else (train_args[i + 1] if a == "--set" and
+                                                                     i + 1 < len(train_args) else "")
+        if any(value.startswith(k + "=") for k in ARM_KEYS):
+            raise InvalidInput(f"--set {value} after -- would change one arm of the study; use bin/study "
+                               "--alpha / --seeds instead")
 
 
 def main(argv=None) -> int:
@@ -26,6 +46,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="runs/study")
     ap.add_argument("train_args", nargs="*", help="extra bin/train arguments (after --)")
     args = ap.parse_args(argv)
+    return common.guard(lambda: _main(args))
+
+
+def _main(args) -> int:
+    check_train_args(args.train_args)
     out = pathlib.Path(args.out)
     methods = {"rlhf": ["--alpha", "1.0"], "ra-rlhf": [] if args.alpha is None else ["--alpha", str(args.alpha)]}
     results: dict[str, list[dict]] = {"init": []}
@@ -38,7 +63,7 @@ def main(argv=None) -> int:
             print(f"== {method} seed {seed}: bin/train {' '.join(argv_)}", flush=True)
             rc = train.main(argv_)
             if rc != 0:
-                print(f"error: the {method} run for seed {seed} failed (exit {rc}); see above", file=sys.stderr)
+                common.error_line(f"the {method} run for seed {seed} failed (exit {rc}); see above")
                 return rc
             metrics = json.loads((run / "eval" / "metrics.json").read_text())["policies"]
             trained = [k for k in metrics if k != "init"][0]

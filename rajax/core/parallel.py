@@ -16,6 +16,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
+from rajax.core.errors import InvalidInput
+
 
 def make_mesh(batch_size: int | None = None, devices=None) -> jax.sharding.Mesh:
     """1-D ``data`` mesh (Auto axis type) over every device of every process (or ``devices``).
@@ -25,7 +27,7 @@ def make_mesh(batch_size: int | None = None, devices=None) -> jax.sharding.Mesh:
     """
     devices = list(jax.devices() if devices is None else devices)
     if batch_size is not None and batch_size % len(devices):
-        raise ValueError(f"batch size {batch_size} must be a multiple of the {len(devices)} devices; "
+        raise InvalidInput(f"batch size {batch_size} must be a multiple of the {len(devices)} devices; "
                          f"change the batch size or the number of devices")
     return jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
                          devices=devices)
@@ -51,7 +53,7 @@ def shard_batch(tree: Any, mesh: jax.sharding.Mesh) -> Any:
     def put(x):
         shape = np.shape(x)
         if len(shape) == 0 or shape[0] % n:
-            raise ValueError(f"cannot shard an array of shape {shape} over {n} devices: the batch axis "
+            raise InvalidInput(f"cannot shard an array of shape {shape} over {n} devices: the batch axis "
                              f"must be a multiple of {n}")
         return _put(x, sharding)
 

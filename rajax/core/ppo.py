@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from rajax.core import risk
+from rajax.core.errors import InvalidInput
 from rajax.core.rollout import Rollout
 
 KL_PENALTIES = ("kl", "abs", "mse", "full")
@@ -70,7 +71,7 @@ class PPOConfig:
         ]
         for ok, msg in checks:
             if not ok:
-                raise ValueError(f"invalid PPOConfig: {msg}")
+                raise InvalidInput(f"invalid PPOConfig: {msg}")
 
     def replace(self, **kw) -> "PPOConfig":
         return dataclasses.replace(self, **kw)
@@ -135,10 +136,10 @@ def kl_penalty(logp: jax.Array, ref_logp: jax.Array, kind: str = "kl", logits=No
         return 0.5 * jnp.square(logp - ref_logp)
     if kind == "full":
         if logits is None or ref_logits is None:
-            raise ValueError("kl_penalty='full' needs logits and ref_logits [B, N, V]; pass them or use 'kl'")
+            raise InvalidInput("kl_penalty='full' needs logits and ref_logits [B, N, V]; pass them or use 'kl'")
         lp, lr = jax.nn.log_softmax(logits, -1), jax.nn.log_softmax(ref_logits, -1)
         return (jnp.exp(lp) * (lp - lr)).sum(-1)
-    raise ValueError(f"unknown kl_penalty {kind!r}; choose one of {KL_PENALTIES}")
+    raise InvalidInput(f"unknown kl_penalty {kind!r}; choose one of {KL_PENALTIES}")
 
 
 def last_index(mask_BxN: jax.Array) -> jax.Array:
@@ -240,7 +241,7 @@ class KLState(NamedTuple):
 def kl_init(init_kl_coef: float = 0.2) -> KLState:
     """β₀ (``init_kl_coef``, default 0.2, docs/paper.md §2.1)."""
     if init_kl_coef < 0:
-        raise ValueError(f"init_kl_coef must be >= 0, got {init_kl_coef}")
+        raise InvalidInput(f"init_kl_coef must be >= 0, got {init_kl_coef}")
     return KLState(jnp.asarray(init_kl_coef, jnp.float32))
 
 
@@ -255,7 +256,7 @@ def kl_update(state: KLState, observed_kl, *, target: float = 6.0, horizon: floa
     if not adaptive:
         return state
     if target <= 0 or horizon <= 0:
-        raise ValueError(f"KL target and horizon must be > 0, got target={target}, horizon={horizon}")
+        raise InvalidInput(f"KL target and horizon must be > 0, got target={target}, horizon={horizon}")
     e = jnp.clip(jnp.asarray(observed_kl, jnp.float32) / target - 1.0, -0.2, 0.2)
     return KLState(state.beta * (1.0 + e * n_steps / horizon))
 
@@ -277,7 +278,7 @@ def kl_statistic(kl_BxN: jax.Array, rmask_BxN: jax.Array, mask_BxN: jax.Array, k
         return (per_ep * keep).sum() / jnp.maximum(keep.sum(), 1.0)
     if kind == "all":
         return per_ep.mean()
-    raise ValueError(f"unknown kl_stat {kind!r}; choose one of {KL_STATS}")
+    raise InvalidInput(f"unknown kl_stat {kind!r}; choose one of {KL_STATS}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -382,24 +383,24 @@ def ppo_step(policy, ppo_cfg: PPOConfig, params, opt_state, rollout: Rollout, be
     Returns ``(params, opt_state, stats: dict[str, f32 scalar], keep_B)``.
     """
     if ppo_cfg.kl_penalty == "full":
-        raise ValueError("kl_penalty='full' needs full-vocabulary reference logits, which a Rollout does not "
+        raise InvalidInput("kl_penalty='full' needs full-vocabulary reference logits, which a Rollout does not "
                          "carry; use 'kl', 'abs' or 'mse' in ppo_step (compute_rewards supports 'full')")
     b, n = rollout.mask.shape
     shapes = {"logp": rollout.logp.shape, "ref_logp": rollout.ref_logp.shape, "values": rollout.values.shape}
     bad = [name for name, s in shapes.items() if s != (b, n)]
     if bad or rollout.scores.shape != (b,) or rollout.input_ids.shape != rollout.attention_mask.shape \
             or rollout.input_ids.shape[0] != b or rollout.input_ids.shape[1] <= n:
-        raise ValueError(f"inconsistent Rollout shapes: mask {(b, n)}, input_ids {rollout.input_ids.shape}, "
+        raise InvalidInput(f"inconsistent Rollout shapes: mask {(b, n)}, input_ids {rollout.input_ids.shape}, "
                          f"attention_mask {rollout.attention_mask.shape}, scores {rollout.scores.shape}, {shapes}")
     mbs = min(ppo_cfg.mini_batch_size, b)
     if b % mbs:
-        raise ValueError(f"batch size {b} is not a multiple of mini_batch_size {ppo_cfg.mini_batch_size}")
+        raise InvalidInput(f"batch size {b} is not a multiple of mini_batch_size {ppo_cfg.mini_batch_size}")
     try:
         k = int(alpha_prime)
     except (TypeError, jax.errors.ConcretizationTypeError):
         k = None  # traced by an outer jit: clipped into [1, B] inside
     if k is not None and not 1 <= k <= b:
-        raise ValueError(f"alpha_prime={k} must be an episode count in [1, {b}]")
+        raise InvalidInput(f"alpha_prime={k} must be an episode count in [1, {b}]")
     # Fixed dtypes (not weak Python scalars) so a float/array beta or an int/np alpha' hit one cache entry.
     tx = default_optimizer(ppo_cfg) if tx is None else tx
     return _ppo_step_jit(policy, ppo_cfg, tx, params, opt_state, rollout, jnp.asarray(beta, jnp.float32),

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rajax.core.errors import InvalidInput
+
 SCHEDULERS = ("new", "old")
 EPISODE_STATS = ("gae_return", "mc_return", "env_score")
 
@@ -37,11 +39,11 @@ def soft_risk_level(m: int, *, batch_size: int, alpha: float, n: int, rho: float
     """
     B = int(batch_size)
     if B < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InvalidInput(f"batch_size must be >= 1, got {batch_size}")
     if not 0.0 < alpha <= 1.0:
-        raise ValueError(f"risk alpha must be in (0, 1], got {alpha}")
+        raise InvalidInput(f"risk alpha must be in (0, 1], got {alpha}")
     if scheduler not in SCHEDULERS:
-        raise ValueError(f"unknown risk scheduler {scheduler!r}; choose one of {SCHEDULERS}")
+        raise InvalidInput(f"unknown risk scheduler {scheduler!r}; choose one of {SCHEDULERS}")
     if m <= n:
         return B
     if scheduler == "old":
@@ -79,7 +81,7 @@ def episode_statistic(kind: str, *, returns_BxN: jax.Array, rewards_BxN: jax.Arr
         return (rewards_BxN * mask_BxN).sum(-1)
     if kind == "env_score":
         return scores_B.astype(jnp.float32)
-    raise ValueError(f"unknown risk statistic {kind!r}; choose one of {EPISODE_STATS}")
+    raise InvalidInput(f"unknown risk statistic {kind!r}; choose one of {EPISODE_STATS}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,9 +104,9 @@ def cvar(x, alpha: float) -> float:
     """
     v = np.sort(np.asarray(x, np.float64).ravel())
     if v.size == 0:
-        raise ValueError("cvar of an empty array")
+        raise InvalidInput("cvar of an empty array")
     if not 0.0 < alpha <= 1.0:
-        raise ValueError(f"cvar alpha must be in (0, 1], got {alpha}")
+        raise InvalidInput(f"cvar alpha must be in (0, 1], got {alpha}")
     return float(v[: cvar_count(v.size, alpha)].mean())
 
 
@@ -153,5 +155,5 @@ RISK_MEASURES: dict[str, RiskMeasure] = {"cvar": cvar_weights, "cvar_pg": cvar_p
 def risk_weights(measure: str, stat_B: jax.Array, k) -> tuple[jax.Array, jax.Array]:
     """Look up ``measure`` in ``RISK_MEASURES`` and apply it; returns (weights_B, q)."""
     if measure not in RISK_MEASURES:
-        raise ValueError(f"unknown risk measure {measure!r}; choose one of {sorted(RISK_MEASURES)}")
+        raise InvalidInput(f"unknown risk measure {measure!r}; choose one of {sorted(RISK_MEASURES)}")
     return RISK_MEASURES[measure](stat_B, k)

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rajax.core import parallel
+from rajax.core.errors import InvalidInput
 
 
 class Policy(Protocol):
@@ -124,7 +125,7 @@ def sample(
     n = max_new_tokens
     if p + n > policy.context_length:
         # Position embeddings past the context would be silently clamped by the gather.
-        raise ValueError(f"prompt width {p} + max_new_tokens {n} exceeds the model's context of "
+        raise InvalidInput(f"prompt width {p} + max_new_tokens {n} exceeds the model's context of "
                          f"{policy.context_length}; shorten the prompt or generate fewer tokens")
     pad_id = eos_id if pad_id is None else pad_id
     min_new = jnp.broadcast_to(jnp.asarray(min_new_tokens, jnp.int32), (b,))
@@ -206,7 +207,7 @@ def min_new_tokens(prompt_mask, min_length: int, mode: str = "trl") -> np.ndarra
         return np.asarray(min_new_tokens_like_trl(prompt_mask, int(min_length)))
     if mode == "new_tokens":
         return np.full((len(prompt_mask),), int(min_length), np.int32)
-    raise ValueError(f"generation.min_length_mode must be one of {MIN_LENGTH_MODES}, got {mode!r}")
+    raise InvalidInput(f"generation.min_length_mode must be one of {MIN_LENGTH_MODES}, got {mode!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,7 +304,7 @@ def collect(policy: Policy, params, ref_params, prompt_ids: np.ndarray, prompt_m
     scores = np.asarray(reward(list(prompt_texts), responses), np.float32)
     timings["time/reward"] = time.perf_counter() - t
     if scores.shape != (len(prompt_ids),):
-        raise ValueError(f"the reward returned {scores.shape[0] if scores.ndim else 0} scores for "
+        raise InvalidInput(f"the reward returned {scores.shape[0] if scores.ndim else 0} scores for "
                          f"{len(prompt_ids)} episodes; it must return one number per prompt + response")
     t = time.perf_counter()
     logp, values, ref_logp = jax.block_until_ready(passes)

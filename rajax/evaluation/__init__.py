@@ -6,6 +6,6 @@ figures and a report.
 """
 from rajax.evaluation.metrics import cvar, cvar_count, quantile_curve, tail_mean
 from rajax.evaluation.report import metrics_table
-from rajax.evaluation.run import evaluate
+from rajax.evaluation.run import check_finite, evaluate
 
-__all__ = ["cvar", "cvar_count", "evaluate", "metrics_table", "quantile_curve", "tail_mean"]
+__all__ = ["check_finite", "cvar", "cvar_count", "evaluate", "metrics_table", "quantile_curve", "tail_mean"]

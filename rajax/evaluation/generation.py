@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rajax.core import rollout
+from rajax.core.errors import InvalidInput
 from rajax.tasks import decode_all, left_pad
 
 
@@ -51,7 +52,7 @@ def generate(policy, params, tokenizer, prompt_set, *, settings: rollout.SampleS
                 np.zeros((0, settings.max_new_tokens), np.int32)) if return_tokens else []
     max_new = settings.max_new_tokens
     if ids.shape[1] + max_new > policy.context_length:
-        raise ValueError(f"prompt width {ids.shape[1]} + max_new_tokens {max_new} exceeds the model's "
+        raise InvalidInput(f"prompt width {ids.shape[1]} + max_new_tokens {max_new} exceeds the model's "
                          f"context of {policy.context_length}")
     mins = rollout.min_new_tokens(mask, settings.min_length, settings.min_length_mode)
     kw = dict(max_new_tokens=max_new, eos_id=settings.eos_id,

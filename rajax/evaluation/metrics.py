@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from rajax.core.errors import InvalidInput
 from rajax.core.risk import cvar, cvar_count
 
 __all__ = ["cvar", "cvar_count", "quantile_curve", "tail_mean"]
@@ -24,7 +25,7 @@ def tail_mean(rewards, prompt_scores, threshold: float, inclusive: bool = False)
     r = np.asarray(rewards, np.float64)
     s = np.asarray(prompt_scores, np.float64)
     if r.shape != s.shape:
-        raise ValueError(f"rewards {r.shape} and prompt_scores {s.shape} must have the same shape")
+        raise InvalidInput(f"rewards {r.shape} and prompt_scores {s.shape} must have the same shape")
     sel = s <= threshold if inclusive else s < threshold
     return float(r[sel].mean()) if sel.any() else float("nan")
 
@@ -39,7 +40,7 @@ def quantile_curve(prompt_scores, rewards, qs: Sequence[int] = tuple(range(1, 10
     s = np.asarray(prompt_scores, np.float64)
     r = np.asarray(rewards, np.float64)
     if r.shape != s.shape or r.ndim != 1:
-        raise ValueError(f"prompt_scores {s.shape} and rewards {r.shape} must be 1-D and the same shape")
+        raise InvalidInput(f"prompt_scores {s.shape} and rewards {r.shape} must be 1-D and the same shape")
     n = len(s)
     csum = np.concatenate([[0.0], np.cumsum(r[np.argsort(s, kind="stable")])])
     out = np.full(len(qs), np.nan)

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rajax.core.errors import InvalidInput
 from rajax.core.rollout import logprobs_of
 
 PPL_MAX_BATCH = 32  # full-vocabulary logits of [batch, ~256 tokens] cost ~50 MB per row for GPT-2
@@ -46,7 +47,7 @@ def encode_for_perplexity(tokenizer, texts: Sequence[str], *, max_chars: int | N
     if bos_id is None:
         bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if bos_id is None:
-        raise ValueError("the tokenizer has no BOS/EOS token to prepend for perplexity")
+        raise InvalidInput("the tokenizer has no BOS/EOS token to prepend for perplexity")
     texts = [t[:max_chars] if max_chars else t for t in texts]
     enc = tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
     seqs = [[int(bos_id)] + list(e) for e in enc]
@@ -64,7 +65,7 @@ def perplexities(cfg, params, tokenizer, texts: Sequence[str], *, batch_size: in
     only a few shapes compile. A text with no tokens gets NaN.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InvalidInput(f"batch_size must be >= 1, got {batch_size}")
     seqs = encode_for_perplexity(tokenizer, texts, max_chars=max_chars, max_len=cfg.context_length)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else seqs[0][0] if seqs else 0
     out = np.full(len(seqs), np.nan)

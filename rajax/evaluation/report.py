@@ -17,6 +17,9 @@ import numpy as np
 
 from rajax.evaluation.metrics import quantile_curve
 
+FILES = ("generations.csv", "metrics.json", "metrics.md", "hist.png", "quantile.png", "quantile_returns.png",
+         "report.md")  # what ``write`` writes
+
 
 def plot_histograms(path: str, columns: Mapping[str, np.ndarray], labels, *, class_names: Mapping | None = None,
                     bins: int = 30):

@@ -17,22 +17,29 @@ import jax.numpy as jnp
 import numpy as np
 
 from rajax import rewards, tasks
+from rajax.core import parallel
+from rajax.core.errors import InvalidInput, NonFinite
 from rajax.evaluation import report
 from rajax.evaluation.generation import _get, generate, kl_sums, prompt_arrays
 from rajax.evaluation.metrics import cvar, tail_mean
 from rajax.evaluation.perplexity import PPL_MAX_BATCH, perplexities
 from rajax.io import hf
-from rajax.io.tokenizer import load_tokenizer
+from rajax.io.tokenizer import check_fits, load_tokenizer
 
 
 def _load_policy(spec, name: str, dtype: str | None = None):
     if isinstance(spec, (str, os.PathLike)):
-        return hf.load(str(spec), dtype=dtype or "float32", what=f"--policy {name}")
-    if isinstance(spec, tuple) and len(spec) == 2:
+        mcfg, params = hf.load(str(spec), dtype=dtype or "float32", what=f"--policy {name}")
+    elif isinstance(spec, tuple) and len(spec) == 2:
         mcfg, params = spec
-        return (mcfg.replace(dtype=dtype) if dtype else mcfg), params
-    raise ValueError(f"policy {name}: expected a path/hub id or a (model config, params) tuple, "
-                     f"got {type(spec).__name__}")
+        mcfg = mcfg.replace(dtype=dtype) if dtype else mcfg
+    else:
+        raise InvalidInput(f"policy {name}: expected a path/hub id or a (model config, params) tuple, "
+                           f"got {type(spec).__name__}")
+    if not bool(parallel.all_finite(params)):
+        where = f" ({spec})" if isinstance(spec, (str, os.PathLike)) else ""
+        raise NonFinite(f"policy {name!r}{where} has non-finite parameters; nothing to evaluate")
+    return mcfg, params
 
 
 def _subset(prompt_set, n: int | None):
@@ -44,7 +51,7 @@ def _subset(prompt_set, n: int | None):
     if isinstance(prompt_set, Mapping):
         return {k: (v[:n] if v is not None and not isinstance(v, (str, int, float)) else v)
                 for k, v in prompt_set.items()}
-    raise ValueError(f"cannot take the first {n} rows of a {type(prompt_set).__name__}")
+    raise InvalidInput(f"cannot take the first {n} rows of a {type(prompt_set).__name__}")
 
 
 def _prompt_texts(prompt_set) -> list[str]:
@@ -52,12 +59,34 @@ def _prompt_texts(prompt_set) -> list[str]:
         v = _get(prompt_set, name)
         if v is not None:
             return list(v)
-    raise ValueError("the prompt set has no decoded prompt strings (field 'texts')")
+    raise InvalidInput("the prompt set has no decoded prompt strings (field 'texts')")
+
+
+def check_finite(metrics: dict, *, where=None) -> None:
+    """``NonFinite`` naming the first reported metric that is not a finite number, and its policy.
+
+    JSON written by ``report.write`` holds ``null`` where a value was NaN; both count as non-finite.
+    """
+    for name, m in metrics["policies"].items():
+        flat = {"reward": m["reward"], "return": m.get("return"), "tail": m["tail"],
+                **{f"cvar@{a}": v for a, v in m["cvar"].items()}, "perplexity": m["perplexity"],
+                **dict(m.get("extra", {}))}
+        for metric, v in flat.items():
+            if v is None or not np.isfinite(v):
+                hint = ""
+                if metric == "tail" and metrics.get("n_tail") == 0:
+                    hint = (f": no test prompt has a prompt score {'<=' if metrics['tail_inclusive'] else '<'} "
+                            f"{metrics['tail_threshold']:g} (eval.tail_threshold)")
+                elif metric == "perplexity":
+                    hint = ": the policy assigns some perplexity text zero probability (or there are none)"
+                at = f" (the files are in {where})" if where is not None else ""
+                raise NonFinite(f"the {metric} of policy {name!r} is {v if v is not None else 'nan'}{hint}{at}")
 
 
 def evaluate(cfg, policies: Mapping[str, Any], out_dir: str, *, reward=None, tokenizer=None, task_data=None,
              extra_scorers: Mapping[str, Callable[[list[str]], np.ndarray]] | None = None,
-             key: jax.Array | None = None, progress: bool = True, ref: str | None = None) -> dict:
+             key: jax.Array | None = None, progress: bool = True, ref: str | None = None,
+             check_finite: bool = True) -> dict:
     """Evaluate ``policies`` (name -> path/hub id or ``(model config, params)``) on the task's test set.
 
     ``cfg`` is a ``rajax.config.Config`` (its ``generation``, ``eval``, ``reward``, ``model``, ``data``
@@ -69,13 +98,14 @@ def evaluate(cfg, policies: Mapping[str, Any], out_dir: str, *, reward=None, tok
     ``ref`` names the policy that is the KL reference of R̄ (default: the first one, e.g. the SFT /
     starting policy): R̄ = reward − β·Σ_t (log π − log π_ref) with β = ``kl.init_coef`` (0.2, §4.1).
     Writes ``generations.csv``, ``metrics.json``, ``metrics.md``, ``hist.png``, ``quantile.png``,
-    ``quantile_returns.png`` and ``report.md`` into ``out_dir`` and returns the metrics dict.
+    ``quantile_returns.png`` and ``report.md`` into ``out_dir`` and returns the metrics dict. With
+    ``check_finite`` a non-finite metric then raises ``NonFinite`` (the files stay for inspection).
     """
     if not policies:
-        raise ValueError("no policy to evaluate: give at least one NAME=PATH")
+        raise InvalidInput("no policy to evaluate: give at least one NAME=PATH")
     bad = [n for n in policies if not n or any(c in n for c in ",/ \t")]
     if bad:
-        raise ValueError(f"policy names must be non-empty without ',', '/' or spaces: {bad}")
+        raise InvalidInput(f"policy names must be non-empty without ',', '/' or spaces: {bad}")
     given_policy = cfg.model.policy
     cfg, task = tasks.prepare(cfg, require=("test",), progress=progress, check_hub=False)
     policies = {k: (cfg.model.policy if isinstance(v, str) and v == given_policy else v) for k, v in policies.items()}
@@ -89,10 +119,23 @@ def evaluate(cfg, policies: Mapping[str, Any], out_dir: str, *, reward=None, tok
         else:
             tok_src, what = cfg.model.policy, "model.policy (its tokenizer; or pass --tokenizer)"
         tokenizer = load_tokenizer(tok_src, padding_side="left", what=what)
+    else:
+        tok_src, what = "(given)", "tokenizer"
+    # Refuse before any work: the reference policy must load, be finite and fit the tokenizer.
+    ref = next(iter(policies)) if ref is None else ref
+    if ref not in policies:
+        raise InvalidInput(f"the KL reference {ref!r} is not one of the evaluated policies {list(policies)}")
+    ref_cfg, ref_params = _load_policy(policies[ref], ref, cfg.model.dtype)
+    ref_params = jax.tree.map(jnp.asarray, ref_params)
+    ref_name = policies[ref] if isinstance(policies[ref], (str, os.PathLike)) else f"({ref})"
+    check_fits(tokenizer, ref_cfg.vocab_size, tokenizer_name=tok_src, model_name=ref_name, tokenizer_flag=what,
+               model_flag=f"policy {ref!r}")
+    if not ev.ppl_num_texts and ev.ppl_num_texts is not None:
+        raise InvalidInput("eval.ppl_num_texts=0 leaves no perplexity texts; set it to at least 1 (or null for all)")
     if task_data is None:
         task_data = task.load(cfg, tokenizer, require=("test",))
     if task_data.test is None:
-        raise ValueError(f"task {cfg.task!r} has no test prompts; pass --test-path FILE")
+        raise InvalidInput(f"task {cfg.task!r} has no test prompts; pass --test-path FILE")
     if reward is None:
         reward = rewards.from_config(cfg.reward)
     key = jax.random.key(cfg.train.seed) if key is None else key
@@ -103,7 +146,7 @@ def evaluate(cfg, policies: Mapping[str, Any], out_dir: str, *, reward=None, tok
     prompts = _prompt_texts(test)
     n = len(prompts)
     if n == 0:
-        raise ValueError("the test set is empty")
+        raise InvalidInput("the test set is empty")
     labels = _get(test, "labels")
     t0 = time.time()
     prompt_scores = np.asarray(reward.score_texts(prompts), np.float64)
@@ -114,15 +157,10 @@ def evaluate(cfg, policies: Mapping[str, Any], out_dir: str, *, reward=None, tok
     # task data built elsewhere.
     ppl_texts = list(task_data.ppl_texts or [])[: ev.ppl_num_texts]
 
-    ref = next(iter(policies)) if ref is None else ref
-    if ref not in policies:
-        raise ValueError(f"the KL reference {ref!r} is not one of the evaluated policies {list(policies)}")
-    ref_cfg, ref_params = _load_policy(policies[ref], ref, cfg.model.dtype)
-    ref_params = jax.tree.map(jnp.asarray, ref_params)
     beta = float(cfg.kl.init_coef)
     eos = tokenizer.eos_token_id
     if eos is None:
-        raise ValueError("the tokenizer has no EOS token")
+        raise InvalidInput("the tokenizer has no EOS token")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     settings = cfg.generation.sample_settings(eos, pad)
     prompt_ids, prompt_mask = prompt_arrays(test, pad)
@@ -131,6 +169,9 @@ def evaluate(cfg, policies: Mapping[str, Any], out_dir: str, *, reward=None, tok
     returns_by: dict[str, np.ndarray] = {}
     for i, (name, spec) in enumerate(policies.items()):
         mcfg, params = (ref_cfg, ref_params) if name == ref else _load_policy(spec, name, cfg.model.dtype)
+        if mcfg.vocab_size != ref_cfg.vocab_size:
+            raise InvalidInput(f"policy {name!r} has {mcfg.vocab_size} embedding rows but the KL reference {ref!r} "
+                               f"has {ref_cfg.vocab_size}; R̄ needs one vocabulary")
         params = jax.tree.map(jnp.asarray, params)
         resp, toks, rmask = generate(
             mcfg, params, tokenizer, test, settings=settings, batch_size=ev.batch_size,
@@ -183,4 +224,9 @@ def evaluate(cfg, policies: Mapping[str, Any], out_dir: str, *, reward=None, tok
     report.write(out_dir, metrics, table, prompt_scores=prompt_scores, rewards_by=rewards_by,
                  returns_by=returns_by, labels=labels, class_names=task.class_names,
                  max_new_tokens=cfg.generation.max_new_tokens, ppl_max_chars=ev.ppl_max_chars)
+    if check_finite:
+        _check_finite(metrics, where=out_dir)
     return metrics
+
+
+_check_finite = check_finite

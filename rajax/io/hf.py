@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rajax.core.errors import InvalidInput
 from rajax.io import hf_gpt2, hub
 from rajax.models.base import init_value_head
 
@@ -34,14 +35,14 @@ def _converter_for_type(model_type: str):
         if model_type in c.MODEL_TYPES:
             return c
     known = ", ".join(t for c in CONVERTERS for t in c.MODEL_TYPES)
-    raise ValueError(f"config.json has model_type {model_type!r}; supported: {known}")
+    raise InvalidInput(f"config.json has model_type {model_type!r}; supported: {known}")
 
 
 def _converter_for_config(cfg):
     for c in CONVERTERS:
         if isinstance(cfg, c.CONFIG):
             return c
-    raise ValueError(f"no Hugging Face converter for {type(cfg).__name__}")
+    raise InvalidInput(f"no Hugging Face converter for {type(cfg).__name__}")
 
 
 def value_head_to_hf(vh) -> dict[str, np.ndarray]:
@@ -57,7 +58,7 @@ def value_head_from_hf(sd: dict, hidden_size: int, *, seed: int) -> dict:
     if _VHEAD_W in sd and _VHEAD_B in sd:
         w, b = np.asarray(sd.pop(_VHEAD_W), np.float32), np.asarray(sd.pop(_VHEAD_B), np.float32)
         if w.shape != (1, hidden_size) or b.size != 1:
-            raise ValueError(f"value head v_head.summary.weight has shape {w.shape}, expected (1, {hidden_size})")
+            raise InvalidInput(f"value head v_head.summary.weight has shape {w.shape}, expected (1, {hidden_size})")
         return {"kernel": jnp.asarray(w.T), "bias": jnp.asarray(b.reshape(1))}
     return init_value_head(hidden_size, jax.random.key(seed))
 
@@ -103,8 +104,15 @@ def load(name_or_path, *, value_head_seed: int = 0, dtype: str = "float32", what
             sd.update(load_file(vh))  # our file wins over any TRL keys in the weights
         params = from_state_dict(cfg, sd, value_head_seed=value_head_seed)
     except ValueError as e:
-        raise ValueError(hub.error(what, name_or_path, str(e))) from None
+        raise InvalidInput(hub.error(what, name_or_path, str(e))) from None
     return cfg, params
+
+
+def _dir_mode() -> int:
+    """0777 minus the process umask: what ``mkdir`` would have given."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o777 & ~mask
 
 
 def save(path, cfg, params, tokenizer=None) -> pathlib.Path:
@@ -120,6 +128,7 @@ def save(path, cfg, params, tokenizer=None) -> pathlib.Path:
     path = pathlib.Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    os.chmod(tmp, _dir_mode())  # mkdtemp makes it 0700; an exported model is meant to be shared
     try:
         (tmp / "config.json").write_text(json.dumps(conv.config_to_hf(cfg), indent=2) + "\n")
         # transformers refuses safetensors files without format metadata.

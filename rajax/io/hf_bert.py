@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rajax.core.errors import InvalidInput
 from rajax.io import hub
 from rajax.models.bert import _ACTS, BertConfig, Params, init
 from rajax.models.layers import get_path, set_path
@@ -108,12 +109,12 @@ def params_from_state_dict(cfg: BertConfig, tensors: dict[str, np.ndarray]) -> P
     if missing:
         head = " (no classification head: is this a base/MLM checkpoint?)" if any(
             m.startswith(("classifier", "pre_classifier")) for m in missing) else ""
-        raise ValueError(f"checkpoint lacks {len(missing)} {cfg.arch} tensors{head}, e.g. {missing[:3]}")
+        raise InvalidInput(f"checkpoint lacks {len(missing)} {cfg.arch} tensors{head}, e.g. {missing[:3]}")
     # Shape check against a fresh init, so a config/weights mismatch fails here, not inside jit.
     want = jax.eval_shape(lambda: init(cfg, jax.random.key(0)))
     for (path, w), got in zip(jax.tree_util.tree_flatten_with_path(want)[0], jax.tree.leaves(params)):
         if w.shape != got.shape:
-            raise ValueError(f"tensor {jax.tree_util.keystr(path)} has shape {got.shape}, config expects {w.shape}")
+            raise InvalidInput(f"tensor {jax.tree_util.keystr(path)} has shape {got.shape}, config expects {w.shape}")
     return params
 
 
@@ -134,21 +135,21 @@ def _config_from_hf(c: dict, path: str) -> BertConfig:
     n = len(c.get("id2label") or {}) or int(c.get("num_labels", 2))
     if mt == "bert":
         if c.get("position_embedding_type", "absolute") != "absolute":
-            raise ValueError(f"{path}: position_embedding_type {c['position_embedding_type']!r} is not supported")
+            raise InvalidInput(f"{path}: position_embedding_type {c['position_embedding_type']!r} is not supported")
         act = c.get("hidden_act", "gelu")
         if act not in _ACTS:
-            raise ValueError(f"{path}: hidden_act {act!r} is not supported (one of {_ACTS})")
+            raise InvalidInput(f"{path}: hidden_act {act!r} is not supported (one of {_ACTS})")
         return BertConfig("bert", c["vocab_size"], c["hidden_size"], c["num_hidden_layers"],
                           c["num_attention_heads"], c["intermediate_size"], c["max_position_embeddings"],
                           c.get("type_vocab_size", 2), n, float(c.get("layer_norm_eps", 1e-12)), act=act)
     if mt == "distilbert":
         act = c.get("activation", "gelu")
         if act not in _ACTS:
-            raise ValueError(f"{path}: activation {act!r} is not supported (one of {_ACTS})")
+            raise InvalidInput(f"{path}: activation {act!r} is not supported (one of {_ACTS})")
         # DistilBERT hard-codes LayerNorm eps 1e-12 (it is not a config field).
         return BertConfig("distilbert", c["vocab_size"], c["dim"], c["n_layers"], c["n_heads"],
                           c["hidden_dim"], c["max_position_embeddings"], 0, n, 1e-12, act=act)
-    raise ValueError(f"{path}: model_type {mt!r} is not a BERT or DistilBERT classifier")
+    raise InvalidInput(f"{path}: model_type {mt!r} is not a BERT or DistilBERT classifier")
 
 
 def load_classifier(name_or_path: str, *, what: str = "--reward-model"):
@@ -172,7 +173,7 @@ def load_classifier(name_or_path: str, *, what: str = "--reward-model"):
         tok = AutoTokenizer.from_pretrained(d)
     except Exception as e:
         reason = (str(e).strip().splitlines() or [""])[0][:160]
-        raise ValueError(hub.error(what, name_or_path, f"cannot load its tokenizer ({type(e).__name__}: {reason})")) from None
+        raise InvalidInput(hub.error(what, name_or_path, f"cannot load its tokenizer ({type(e).__name__}: {reason})")) from None
     return cfg, params, labels, tok
 
 
@@ -183,7 +184,7 @@ def save_classifier(path: str, cfg: BertConfig, params: Params, labels: list[str
     from safetensors.numpy import save_file
 
     if len(labels) != cfg.num_labels:
-        raise ValueError(f"got {len(labels)} labels for a classifier with num_labels={cfg.num_labels}")
+        raise InvalidInput(f"got {len(labels)} labels for a classifier with num_labels={cfg.num_labels}")
     os.makedirs(path, exist_ok=True)
     id2label = {i: l for i, l in enumerate(labels)}
     label2id = {l: i for i, l in enumerate(labels)}
@@ -196,7 +197,7 @@ def save_classifier(path: str, cfg: BertConfig, params: Params, labels: list[str
             architectures=["BertForSequenceClassification"])
     else:
         if cfg.layer_norm_eps != 1e-12:
-            raise ValueError("DistilBERT hard-codes layer_norm_eps=1e-12; transformers cannot load another value")
+            raise InvalidInput("DistilBERT hard-codes layer_norm_eps=1e-12; transformers cannot load another value")
         hf = transformers.DistilBertConfig(
             vocab_size=cfg.vocab_size, dim=cfg.hidden, n_layers=cfg.layers, n_heads=cfg.heads,
             hidden_dim=cfg.intermediate, activation=cfg.act, max_position_embeddings=cfg.max_position,

@@ -26,6 +26,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from rajax.core.errors import InvalidInput
 from rajax.models import gpt2
 from rajax.models.layers import get_path, set_path
 
@@ -107,20 +108,20 @@ def params_from_state_dict(cfg: gpt2.GPT2Config, sd: dict[str, Any]):
     missing = [k for k in kmap if k not in norm]
     if missing:
         more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
-        raise ValueError(f"GPT-2 checkpoint is missing {missing[:3]}{more}; is it a GPT-2 model with "
+        raise InvalidInput(f"GPT-2 checkpoint is missing {missing[:3]}{more}; is it a GPT-2 model with "
                          f"n_layer={cfg.n_layer}?")
     shapes = _expected_shapes(cfg)
     params: dict = {}
     for hf_key, path in kmap.items():
         arr = norm.pop(hf_key)
         if arr.shape != shapes[path]:
-            raise ValueError(f"GPT-2 checkpoint tensor {hf_key!r} has shape {arr.shape}, expected "
+            raise InvalidInput(f"GPT-2 checkpoint tensor {hf_key!r} has shape {arr.shape}, expected "
                              f"{shapes[path]} from config.json")
         set_path(params, path, jnp.asarray(arr))
     lm = norm.pop("lm_head.weight", None)
     wte = np.asarray(params["wte"]["embedding"])
     if lm is not None and (lm.shape != wte.shape or not np.array_equal(lm, wte)):
-        raise ValueError("GPT-2 checkpoint has an lm_head.weight that differs from wte.weight; rajax "
+        raise InvalidInput("GPT-2 checkpoint has an lm_head.weight that differs from wte.weight; rajax "
                          "GPT-2 ties the LM head to the token embedding and cannot load an untied head")
     if norm:
         warnings.warn(f"ignoring {len(norm)} unexpected GPT-2 checkpoint tensors: {sorted(norm)[:5]}",
@@ -135,23 +136,23 @@ def config_from_hf(hf: dict, *, dtype: str = "float32") -> gpt2.GPT2Config:
     """``config.json`` dict -> ``GPT2Config``. Rejects GPT-2 variants our model does not compute."""
     mt = hf.get("model_type", "gpt2")
     if mt != "gpt2":
-        raise ValueError(f"config.json has model_type {mt!r}; only GPT-2 ('gpt2') checkpoints are supported")
+        raise InvalidInput(f"config.json has model_type {mt!r}; only GPT-2 ('gpt2') checkpoints are supported")
     act = hf.get("activation_function", "gelu_new")
     if act not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise ValueError(f"config.json has activation_function {act!r}; rajax GPT-2 computes gelu_new only")
+        raise InvalidInput(f"config.json has activation_function {act!r}; rajax GPT-2 computes gelu_new only")
     # reorder_and_upcast_attn only changes numerics (fp32 softmax, which we always do); this one
     # changes the function.
     if hf.get("scale_attn_by_inverse_layer_idx", False):
-        raise ValueError("config.json sets scale_attn_by_inverse_layer_idx=true, which rajax GPT-2 "
+        raise InvalidInput("config.json sets scale_attn_by_inverse_layer_idx=true, which rajax GPT-2 "
                          "does not implement")
     if hf.get("scale_attn_weights", True) is False:
-        raise ValueError("config.json sets scale_attn_weights=false, which rajax GPT-2 does not implement")
+        raise InvalidInput("config.json sets scale_attn_weights=false, which rajax GPT-2 does not implement")
     e = int(hf.get("n_embd", 768))
     n_inner = hf.get("n_inner")
     if n_inner not in (None, 4 * e):
-        raise ValueError(f"config.json has n_inner={n_inner}; rajax GPT-2 uses 4 * n_embd = {4 * e}")
+        raise InvalidInput(f"config.json has n_inner={n_inner}; rajax GPT-2 uses 4 * n_embd = {4 * e}")
     if dtype not in gpt2._DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(gpt2._DTYPES)}, got {dtype!r}")
+        raise InvalidInput(f"dtype must be one of {sorted(gpt2._DTYPES)}, got {dtype!r}")
     return gpt2.GPT2Config(
         vocab_size=int(hf.get("vocab_size", 50257)),
         n_positions=int(hf.get("n_positions", hf.get("n_ctx", 1024))),

@@ -14,6 +14,8 @@ import socket
 
 import numpy as np
 
+from rajax.core.errors import InvalidInput, MissingInput, one_line
+
 # What a checkpoint snapshot needs: configs, tokenizer files and safetensors weights. The .bin
 # weights are fetched only when a repo has no safetensors (repos that ship both are not fetched twice).
 _SNAPSHOT = ["*.json", "*.safetensors", "*.txt", "*.model"]
@@ -39,11 +41,11 @@ def resolve(name_or_path, *, what: str | None = None) -> pathlib.Path:
     if p.is_dir():
         return p
     if p.exists():
-        raise ValueError(error(what, name, "is a file; pass the checkpoint directory that holds config.json"))
+        raise InvalidInput(error(what, name, "is a file; pass the checkpoint directory that holds config.json"))
     if looks_local(name) or not name:
-        raise FileNotFoundError(error(what, name, "no such directory"))
-    from huggingface_hub import snapshot_download  # imported here: it is slow to import and often unused
+        raise MissingInput(error(what, name, "no such directory"))
     from huggingface_hub import errors as hfe
+    from huggingface_hub import snapshot_download  # imported here: it is slow to import and often unused
 
     try:
         d = pathlib.Path(snapshot_download(name, allow_patterns=_SNAPSHOT))
@@ -51,14 +53,14 @@ def resolve(name_or_path, *, what: str | None = None) -> pathlib.Path:
             d = pathlib.Path(snapshot_download(name, allow_patterns=_SNAPSHOT_BIN))
         return d
     except hfe.HFValidationError:
-        raise ValueError(error(what, name, "not a local directory nor a valid Hugging Face hub id")) from None
+        raise InvalidInput(error(what, name, "not a local directory nor a valid Hugging Face hub id")) from None
     except (hfe.RepositoryNotFoundError, hfe.GatedRepoError):
-        raise ValueError(error(what, name, "no such local directory or Hugging Face hub model")) from None
+        raise InvalidInput(error(what, name, "no such local directory or Hugging Face hub model")) from None
     except hfe.LocalEntryNotFoundError:  # offline (HF_HUB_OFFLINE or no connection) and not cached
-        raise ValueError(error(what, name, "not a local directory and the Hugging Face hub is unreachable "
+        raise InvalidInput(error(what, name, "not a local directory and the Hugging Face hub is unreachable "
                                            "(offline); pass a local checkpoint directory")) from None
     except Exception as e:  # DNS failure, timeouts, HTTP errors
-        raise ValueError(error(what, name, f"not a local directory and not available from the Hugging Face "
+        raise InvalidInput(error(what, name, f"not a local directory and not available from the Hugging Face "
                                            f"hub ({type(e).__name__}); pass a local checkpoint directory")) from None
 
 
@@ -66,36 +68,54 @@ def read_config(d: pathlib.Path, *, what: str | None = None, name=None) -> dict:
     """``config.json`` of a checkpoint directory."""
     f = pathlib.Path(d) / "config.json"
     if not f.is_file():
-        raise ValueError(error(what, name or d, "the directory has no config.json (not a transformers checkpoint)"))
+        raise InvalidInput(error(what, name or d, "the directory has no config.json (not a transformers checkpoint)"))
     try:
         return json.loads(f.read_text())
     except (OSError, ValueError) as e:
-        raise ValueError(error(what, name or d, f"config.json is unreadable ({type(e).__name__})")) from None
+        raise InvalidInput(error(what, name or d, f"config.json is unreadable ({type(e).__name__})")) from None
 
 
 def read_state_dict(d: pathlib.Path, *, what: str | None = None, name=None) -> dict[str, np.ndarray]:
     """Tensors of a checkpoint directory (float32 NumPy for .bin): model.safetensors, a sharded
     index, or pytorch_model.bin."""
-    from safetensors.numpy import load_file
+    from safetensors.numpy import load_file as _load_file
 
     d = pathlib.Path(d)
+
+    def load_file(f: pathlib.Path):
+        try:
+            return _load_file(f)
+        except Exception as e:  # noqa: BLE001 - safetensors' errors for a truncated or damaged file
+            raise InvalidInput(error(what, name or d, f"{f.name} is unreadable ({type(e).__name__}: "
+                                                      f"{one_line(e)[:120]}); re-download or re-export it")) from None
+
     if (d / "model.safetensors").is_file():
         return dict(load_file(d / "model.safetensors"))
     index = d / "model.safetensors.index.json"
     if index.is_file():
         sd = {}
-        for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise InvalidInput(error(what, name or d, f"{index.name} is unreadable ({type(e).__name__})")) from None
+        for shard in shards:
+            if not (d / shard).is_file():
+                raise MissingInput(error(what, name or d, f"the shard {shard} named by {index.name} is missing"))
             sd.update(load_file(d / shard))
         return sd
     if (d / "pytorch_model.bin").is_file():
         try:
             import torch  # optional: only old checkpoints need it
         except ImportError:
-            raise ValueError(error(what, name or d, "pytorch_model.bin needs torch to read; install torch or "
+            raise InvalidInput(error(what, name or d, "pytorch_model.bin needs torch to read; install torch or "
                                                     "convert the checkpoint to model.safetensors")) from None
-        sd = torch.load(d / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        try:
+            sd = torch.load(d / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - torch's errors for a truncated or damaged file
+            raise InvalidInput(error(what, name or d, f"pytorch_model.bin is unreadable ({type(e).__name__}); "
+                                                      "re-download or re-export it")) from None
         return {k: v.detach().to(torch.float32).numpy() for k, v in sd.items() if hasattr(v, "numpy")}
-    raise ValueError(error(what, name or d, "no model.safetensors, model.safetensors.index.json or "
+    raise InvalidInput(error(what, name or d, "no model.safetensors, model.safetensors.index.json or "
                                             "pytorch_model.bin"))
 
 
@@ -140,9 +160,9 @@ def preflight(sources: list[tuple[str, str | None]], needs: list[str], *, hint: 
             continue
         is_data = flag.startswith(("--data", "--test-path"))
         if looks_local(value) or value.endswith(_DATA_EXTS) or flag == "--test-path":
-            raise FileNotFoundError(f"{flag} {value}: no such file or directory")
+            raise MissingInput(f"{flag} {value}: no such file or directory")
         if is_data or not in_cache(value):
             hub.append(f"{flag} {value}")
     if hub and not reachable():
-        raise ValueError("the Hugging Face hub is unreachable and these need it: " + ", ".join(hub)
+        raise InvalidInput("the Hugging Face hub is unreachable and these need it: " + ", ".join(hub)
                          + "; pass local paths with those flags" + (f", {hint}" if hint else ""))

@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import pathlib
 
+from rajax.core.errors import InvalidInput, MissingInput, one_line
+
 
 def _err(what: str | None, name, reason: str) -> str:
     msg = f"cannot load tokenizer from {str(name)!r}: {reason}"
@@ -26,34 +28,50 @@ def load_tokenizer(name_or_path, *, padding_side: str = "left", what: str | None
     (bad argument, unreachable hub) or ``FileNotFoundError`` (a local path that does not exist).
     """
     if padding_side not in ("left", "right"):
-        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        raise InvalidInput(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     name = str(name_or_path)
     p = pathlib.Path(name).expanduser()
     if p.exists() and not p.is_dir():
-        raise ValueError(_err(what, name, "is a file; pass the directory that holds tokenizer.json "
+        raise InvalidInput(_err(what, name, "is a file; pass the directory that holds tokenizer.json "
                                           "or vocab.json + merges.txt"))
     looks_local = os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1
     if not p.exists() and looks_local:
-        raise FileNotFoundError(_err(what, name, "no such directory"))
+        raise MissingInput(_err(what, name, "no such directory"))
     if p.is_dir() and not ((p / "tokenizer.json").is_file() or (p / "vocab.json").is_file()):
-        raise ValueError(_err(what, name, "the directory has neither tokenizer.json nor vocab.json"))
+        raise InvalidInput(_err(what, name, "the directory has neither tokenizer.json nor vocab.json"))
 
     from transformers import AutoTokenizer
 
     try:
         tok = AutoTokenizer.from_pretrained(str(p) if p.is_dir() else name)
-    except (OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - transformers/tokenizers raise many types for a bad directory
         if p.is_dir():
-            raise ValueError(_err(what, name, f"{type(e).__name__}: {str(e).splitlines()[0]}")) from None
+            raise InvalidInput(_err(what, name, f"{type(e).__name__}: {one_line(e)[:160]}")) from None
         offline = os.environ.get("HF_HUB_OFFLINE") or "offline" in repr(e).lower() or "connect" in repr(e).lower()
         reason = ("not a local directory and the Hugging Face hub is unreachable (offline); pass a local "
                   "tokenizer directory") if offline else "no such local directory or Hugging Face hub tokenizer"
-        raise ValueError(_err(what, name, reason)) from None
+        raise InvalidInput(_err(what, name, reason)) from None
     if not getattr(tok, "is_fast", False):
-        raise ValueError(_err(what, name, "no fast (tokenizers) tokenizer could be built"))
+        raise InvalidInput(_err(what, name, "no fast (tokenizers) tokenizer could be built"))
     if tok.pad_token is None:
         if tok.eos_token is None:
-            raise ValueError(_err(what, name, "the tokenizer has neither a pad nor an EOS token"))
+            raise InvalidInput(_err(what, name, "the tokenizer has neither a pad nor an EOS token"))
         tok.pad_token = tok.eos_token
     tok.padding_side = padding_side
     return tok
+
+
+def check_fits(tokenizer, vocab_size: int, *, tokenizer_name, model_name, tokenizer_flag: str = "--tokenizer",
+               model_flag: str = "--policy", roles=("pad", "EOS")) -> None:
+    """One line when ``tokenizer`` cannot feed a model with ``vocab_size`` embedding rows: more token
+    ids (added tokens included) than rows, or pad / EOS ids outside the rows. Ids beyond the embedding
+    would silently read wrong rows (or NaN), so every command checks at load time."""
+    n = len(tokenizer)
+    if n > vocab_size:
+        raise InvalidInput(f"{tokenizer_flag} {tokenizer_name} has {n} tokens but {model_flag} {model_name} has "
+                           f"{vocab_size} embedding rows; pass the tokenizer the model was trained with")
+    ids = {"pad": tokenizer.pad_token_id, "EOS": tokenizer.eos_token_id}
+    for role, i in ((r, ids[r]) for r in roles):
+        if i is None or not 0 <= int(i) < vocab_size:
+            raise InvalidInput(f"{tokenizer_flag} {tokenizer_name}: its {role} id {i} is not one of the "
+                               f"{vocab_size} embedding rows of {model_flag} {model_name}")

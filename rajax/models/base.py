@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from rajax.core.errors import InvalidInput
 from rajax.core.rollout import entropy_from_logits, logprobs_of
 
 
@@ -24,7 +25,13 @@ class Output(NamedTuple):
 
 
 class CausalLM:
-    """Mixin for a family's config: the rollout/PPO interface from ``apply``/``lm_head``/``init_cache``."""
+    """Mixin for a family's config: the rollout/PPO interface from ``apply``/``lm_head``/``init_cache``.
+
+    A family's config also has a ``vocab_size`` field (its embedding rows), which every command
+    checks against the tokenizer.
+    """
+
+    vocab_size: int
 
     # --- what a family implements --------------------------------------------------------------
     @property
@@ -71,7 +78,7 @@ class CausalLM:
         of memory)."""
         p = int(prompt_width)
         if not 0 < p < input_ids.shape[1]:
-            raise ValueError(f"prompt_width={p} must be in [1, {input_ids.shape[1] - 1}] for sequences of "
+            raise InvalidInput(f"prompt_width={p} must be in [1, {input_ids.shape[1] - 1}] for sequences of "
                              f"length {input_ids.shape[1]}")
         out = self.apply(params, input_ids, attention_mask)
         logits = self.lm_head(params, out.hidden[:, p - 1:-1])

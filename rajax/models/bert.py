@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rajax.core.errors import InvalidInput
 from rajax.models.layers import Dense, Embed, LayerNorm
 
 Params = dict[str, Any]
@@ -70,13 +71,13 @@ class BertConfig:
             # DistilBERT has no token types; normalise so equal models have equal (hashable) configs.
             object.__setattr__(self, "type_vocab_size", 0)
         if self.arch not in ("bert", "distilbert"):
-            raise ValueError(f"BertConfig.arch must be 'bert' or 'distilbert', got {self.arch!r}")
+            raise InvalidInput(f"BertConfig.arch must be 'bert' or 'distilbert', got {self.arch!r}")
         if self.dtype not in _DTYPES:
-            raise ValueError(f"BertConfig.dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+            raise InvalidInput(f"BertConfig.dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
         if self.act not in _ACTS:
-            raise ValueError(f"BertConfig.act must be one of {_ACTS}, got {self.act!r}")
+            raise InvalidInput(f"BertConfig.act must be one of {_ACTS}, got {self.act!r}")
         if self.hidden % self.heads:
-            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+            raise InvalidInput(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
 
     @property
     def head_dim(self) -> int:
@@ -210,7 +211,7 @@ def apply(
     """
     b, t = input_ids.shape
     if t > cfg.max_position:
-        raise ValueError(f"sequence length {t} exceeds max_position {cfg.max_position}; truncate the input")
+        raise InvalidInput(f"sequence length {t} exceeds max_position {cfg.max_position}; truncate the input")
     if attention_mask is None:
         attention_mask = jnp.ones((b, t), jnp.int32)
     if token_type_ids is None:

@@ -5,7 +5,7 @@ The parameters are a plain nested dict (``nnx.to_pure_dict`` of the module state
 'v_head': {'kernel', 'bias'}}`` with every block
 ``{'ln_1', 'attn': {'c_attn', 'c_proj'}, 'ln_2', 'mlp': {'c_fc', 'c_proj'}}`` and dense layers as
 ``{'kernel' (in, out), 'bias'}``, the same layout as transformers' Conv1D, so HF weights map without
-transposes (see ``rajax.models.hf``).
+transposes (see ``rajax.io.hf_gpt2``).
 
 Entry points:
   * ``init(config, key)`` -> params
@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rajax.core.errors import InvalidInput
 from rajax.models.base import CausalLM, Output
 from rajax.models.layers import Dense, Embed, LayerNorm
 
@@ -95,7 +96,7 @@ class GPT2Config(CausalLM):
             "gpt2-xl": (1600, 48, 25),
         }
         if name not in sizes:
-            raise ValueError(f"unknown GPT-2 size {name!r}; choose one of {sorted(sizes)}")
+            raise InvalidInput(f"unknown GPT-2 size {name!r}; choose one of {sorted(sizes)}")
         e, l, h = sizes[name]
         return cls(n_embd=e, n_layer=l, n_head=h, **kw)
 
@@ -270,7 +271,7 @@ def apply(
     b, t = input_ids.shape
     if cache is None and t > cfg.n_positions:
         # Position embeddings past n_positions would be silently clamped by the gather.
-        raise ValueError(f"sequence length {t} exceeds the model's n_positions {cfg.n_positions}")
+        raise InvalidInput(f"sequence length {t} exceeds the model's n_positions {cfg.n_positions}")
     if attention_mask is None:
         attention_mask = jnp.ones((b, t), jnp.int32)
     attention_mask = attention_mask.astype(jnp.int32)

@@ -11,10 +11,22 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from rajax.core.errors import InvalidInput
 from rajax.io import hub
 from rajax.tasks import files, imdb, jigsaw, rtp, synthetic
-from rajax.tasks.base import (PromptSet, RawSplits, Task, TaskData, build, build_prompts, clean_up_tokenization,
-                              decode_all, encode_all, encode_prompts, left_pad)
+from rajax.tasks.base import (
+    PromptSet,
+    RawSplits,
+    Task,
+    TaskData,
+    build,
+    build_prompts,
+    clean_up_tokenization,
+    decode_all,
+    encode_all,
+    encode_prompts,
+    left_pad,
+)
 
 _REGISTRY: dict[str, Task] = {}
 
@@ -22,7 +34,7 @@ _REGISTRY: dict[str, Task] = {}
 def register(task: Task) -> Task:
     """Make ``task`` selectable as ``data.source: <task.name>``."""
     if not task.name:
-        raise ValueError(f"{type(task).__name__} has no name; set the class attribute `name`")
+        raise InvalidInput(f"{type(task).__name__} has no name; set the class attribute `name`")
     _REGISTRY[task.name] = task
     return task
 
@@ -38,7 +50,7 @@ def names() -> list[str]:
 def get(source: str) -> Task:
     """The task registered as ``source`` (a config's ``data.source``)."""
     if source not in _REGISTRY:
-        raise ValueError(f"data.source={source!r} is not valid; choose one of {', '.join(names())}")
+        raise InvalidInput(f"data.source={source!r} is not valid; choose one of {', '.join(names())}")
     return _REGISTRY[source]
 
 

@@ -20,6 +20,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from rajax.core.errors import InvalidInput
+
 SUBSET_SEED = 0  # eval.test_size < the test set (not already shuffled): a seeded subset in file order
 
 
@@ -43,7 +45,7 @@ class PromptSet:
         n = len(self.ids)
         if len(self.texts) != n or (self.labels is not None and len(self.labels) != n) or (
                 self.sources is not None and len(self.sources) != n):
-            raise ValueError("PromptSet fields must all have one entry per prompt")
+            raise InvalidInput("PromptSet fields must all have one entry per prompt")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -178,7 +180,7 @@ def encode_prompts(texts: Sequence[str], tokenizer, prompt_tokens: int, *, label
                    clean_up: bool = False, keep_sources: bool = True) -> PromptSet:
     """A ``PromptSet``: ids = ``encode(t)[:P]`` (policy input), texts = their decodings (reward input)."""
     if prompt_tokens < 1:
-        raise ValueError(f"prompt_tokens must be >= 1, got {prompt_tokens}")
+        raise InvalidInput(f"prompt_tokens must be >= 1, got {prompt_tokens}")
     texts = [str(t) for t in texts]
     ids = [x[:prompt_tokens] for x in encode_all(tokenizer, texts)]
     return PromptSet(ids=ids, texts=decode_all(tokenizer, ids, clean_up=clean_up),
@@ -195,7 +197,7 @@ def left_pad(ids_list: Sequence[Sequence[int]], width: int, pad_id: int):
     for i, row in enumerate(ids_list):
         k = len(row)
         if k > width:
-            raise ValueError(f"prompt {i} has {k} tokens > width {width}; truncate prompts to "
+            raise InvalidInput(f"prompt {i} has {k} tokens > width {width}; truncate prompts to "
                              f"generation.prompt_tokens first (encode_prompts)")
         if k:
             ids[i, width - k:] = np.asarray(row, np.int32)
@@ -235,7 +237,7 @@ def build(raw: RawSplits, cfg, tokenizer, *, require: Sequence[str] = ("train",)
     for part in require:
         if getattr(raw, part) is None:
             flag = "--test-path FILE (data.test_path)" if part == "test" else "--data PATH (data.path)"
-            raise ValueError(f"task {cfg.task!r} has no {part} prompts; pass {flag}")
+            raise InvalidInput(f"task {cfg.task!r} has no {part} prompts; pass {flag}")
     P = cfg.generation.prompt_tokens
     clean = bool(getattr(cfg.reward, "clean_up_spaces", False))
     e = cfg.eval

@@ -6,6 +6,7 @@ Data errors name the file (and, where there is one, the row) so a user knows wha
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import pathlib
@@ -14,46 +15,74 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from rajax.core.errors import InvalidInput, MissingInput, one_line
 from rajax.tasks.base import RawSplits, Task
 
 _EXTS = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 
 
+def _text(p: pathlib.Path) -> str:
+    """The file as UTF-8 text; a bad byte is one line naming the file, the line and the byte."""
+    data = p.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise InvalidInput(f"{p}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the file as UTF-8") from None
+
+
 def read_table(path) -> dict[str, list]:
-    """A local table as ``{column: [values]}`` (CSV values are strings; JSON keeps nested dicts)."""
+    """A local table as ``{column: [values]}`` (CSV values are strings; JSON keeps nested dicts).
+
+    Malformed content is a one-line ``InvalidInput`` naming the file and the line.
+    """
     p = pathlib.Path(path).expanduser()
     if not p.is_file():
-        raise FileNotFoundError(f"{str(path)!r}: no such file")
+        raise MissingInput(f"{str(path)!r}: no such file")
     suf = p.suffix.lower()
     if suf in (".csv", ".tsv"):
         csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-        with open(p, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f, delimiter="\t" if suf == ".tsv" else ","))
+        reader = csv.DictReader(io.StringIO(_text(p), newline=""), delimiter="\t" if suf == ".tsv" else ",")
+        try:
+            rows = list(reader)
+        except csv.Error as e:
+            raise InvalidInput(f"{p}:{reader.line_num}: malformed {suf[1:].upper()} ({e})") from None
         cols = list(rows[0].keys()) if rows else []
         return {c: [r.get(c) for r in rows] for c in cols}
     if suf in (".jsonl", ".json"):
-        text = p.read_text(encoding="utf-8")
+        text = _text(p)
         try:
             data = json.loads(text)
             rows = data if isinstance(data, list) else None
         except json.JSONDecodeError:
             rows = None
         if rows is None:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+            rows = []
+            for n, line in enumerate(text.splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise InvalidInput(f"{p}:{n}: not valid JSON ({e.msg} at column {e.colno}); one JSON object "
+                                       "per line") from None
         cols: dict[str, None] = {}
-        for r in rows:
+        for n, r in enumerate(rows, 1):
             if not isinstance(r, dict):
-                raise ValueError(f"{str(path)!r}: every JSON record must be an object")
+                raise InvalidInput(f"{p}: record {n} is a {type(r).__name__}; every JSON record must be an object")
             cols.update(dict.fromkeys(r))
         return {c: [r.get(c) for r in rows] for c in cols}
     if suf == ".parquet":
         try:
-            import pyarrow.parquet as pq
+            import pyarrow.parquet as pq  # optional: only for parquet files
         except ImportError:
-            raise ValueError(f"{str(path)!r}: reading parquet needs pyarrow (pip install pyarrow); "
-                             "or pass a csv / jsonl file") from None
-        return pq.read_table(p).to_pydict()
-    raise ValueError(f"{str(path)!r}: unsupported file type {suf!r}; use one of {', '.join(_EXTS)}")
+            raise InvalidInput(f"{str(path)!r}: reading parquet needs pyarrow (pip install pyarrow); "
+                               "or pass a csv / jsonl file") from None
+        try:
+            return pq.read_table(p).to_pydict()
+        except Exception as e:  # noqa: BLE001 - pyarrow's errors for a damaged file
+            raise InvalidInput(f"{p}: unreadable parquet ({type(e).__name__}: {one_line(e)[:160]})") from None
+    raise InvalidInput(f"{str(path)!r}: unsupported file type {suf!r}; use one of {', '.join(_EXTS)}")
 
 
 def _concat(tables: list[dict]) -> dict[str, list]:
@@ -82,7 +111,7 @@ def load_from_disk(d: pathlib.Path):
     try:
         import datasets
     except ImportError:
-        raise ValueError(f"{str(d)!r} is a `datasets` save_to_disk directory, which needs the `datasets` "
+        raise InvalidInput(f"{str(d)!r} is a `datasets` save_to_disk directory, which needs the `datasets` "
                          "package; export it to csv / jsonl / parquet instead") from None
     ds = datasets.load_from_disk(str(d))
     if isinstance(ds, datasets.DatasetDict):
@@ -103,7 +132,7 @@ def local_path(path: str, flag: str) -> pathlib.Path | None:
     looks_local = (os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1
                    or p.suffix.lower() in _EXTS)
     if looks_local:
-        raise FileNotFoundError(f"{flag} {path!r}: no such file or directory")
+        raise MissingInput(f"{flag} {path!r}: no such file or directory")
     return None
 
 
@@ -112,14 +141,14 @@ def hub_dataset(name: str, flag: str, **kw):
     try:
         import datasets
     except ImportError:
-        raise ValueError(f"loading {name!r} from the Hugging Face Hub needs the `datasets` package, which is "
+        raise InvalidInput(f"loading {name!r} from the Hugging Face Hub needs the `datasets` package, which is "
                          f"not installed; pass a local copy with {flag} PATH") from None
     kw = {k: v for k, v in kw.items() if v is not None}
     try:
         return datasets.load_dataset(name, **kw)
     except Exception as e:  # offline, unreachable, missing revision, ...
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ValueError(f"could not load the hub dataset {name!r} ({type(e).__name__}: {reason}); "
+        raise InvalidInput(f"could not load the hub dataset {name!r} ({type(e).__name__}: {reason}); "
                          f"pass a local copy with {flag} PATH (data.path)") from None
 
 
@@ -127,7 +156,7 @@ def column(table: Mapping[str, list], names: Sequence[str], what: str, where: st
     for n in names:
         if n in table:
             return table[n]
-    raise ValueError(f"{where}: no {what} column (looked for {', '.join(map(repr, names))}); "
+    raise InvalidInput(f"{where}: no {what} column (looked for {', '.join(map(repr, names))}); "
                      f"columns are {', '.join(map(repr, table)) or '(none)'}")
 
 
@@ -137,7 +166,7 @@ def int_labels(values: Sequence, where: str) -> np.ndarray:
         try:
             out[i] = int(float(v)) if not isinstance(v, bool) else int(v)
         except (TypeError, ValueError):
-            raise ValueError(f"{where}: label {v!r} in row {i} is not an integer") from None
+            raise InvalidInput(f"{where}: label {v!r} in row {i} is not an integer") from None
     return out
 
 
@@ -148,7 +177,7 @@ class FileTask(Task):
 
     def resolve(self, cfg, *, progress: bool = True):
         if not cfg.data.path:
-            raise ValueError("data.source=file needs data.path: pass --data FILE (csv, jsonl or parquet)")
+            raise InvalidInput("data.source=file needs data.path: pass --data FILE (csv, jsonl or parquet)")
         return cfg
 
     def raw(self, cfg) -> RawSplits:
@@ -156,19 +185,19 @@ class FileTask(Task):
         self.resolve(cfg)
         p = local_path(d.path, "--data")
         if p is None:
-            raise FileNotFoundError(f"--data {d.path!r}: no such file or directory")
+            raise MissingInput(f"--data {d.path!r}: no such file or directory")
         test_table = None
         if p.is_dir():
             train_table = read_split(p, "train")
             if train_table is None:
-                raise FileNotFoundError(f"--data {d.path!r}: no train*.csv/jsonl/parquet file there")
+                raise MissingInput(f"--data {d.path!r}: no train*.csv/jsonl/parquet file there")
             test_table = read_split(p, "test")
         else:
             train_table = read_table(p)
         if d.test_path:
             tp = pathlib.Path(d.test_path).expanduser()
             if not tp.is_file():
-                raise FileNotFoundError(f"--test-path {d.test_path!r}: no such file")
+                raise MissingInput(f"--test-path {d.test_path!r}: no such file")
             test_table = read_table(tp)
         text_col = d.text_column or "text"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from rajax.core.errors import InvalidInput
 from rajax.tasks.base import RawSplits, Task, hf_shuffle
 from rajax.tasks.files import column, hub_dataset, int_labels, is_saved_dataset, load_from_disk, local_path, read_split
 
@@ -39,11 +40,11 @@ class ImdbTask(Task):
                 k: t for k in ("train", "test") if (t := read_split(local, k)) is not None}
             src = str(local)
         else:
-            raise ValueError(f"--data {d.path!r}: IMDB needs a directory with train and test files "
+            raise InvalidInput(f"--data {d.path!r}: IMDB needs a directory with train and test files "
                              "(csv / jsonl / parquet with text and label columns), or a hub dataset id")
         for k in ("train", "test"):
             if k not in splits:
-                raise ValueError(f"--data {src!r}: no {k} split found (expected files named {k}*.csv/jsonl/parquet)")
+                raise InvalidInput(f"--data {src!r}: no {k} split found (expected files named {k}*.csv/jsonl/parquet)")
         cols = {}
         for k in ("train", "test"):
             t = splits[k]

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from rajax.core.errors import InvalidInput, MissingInput
 from rajax.tasks.base import RawSplits, Task, ratio_count
 from rajax.tasks.files import column, int_labels, local_path, read_table
 
@@ -43,7 +44,7 @@ class JigsawTask(Task):
 
     def hub_needs(self, cfg, require):
         if "train" in require and not cfg.data.path:
-            raise ValueError("the Jigsaw task needs the Kaggle CSVs: pass --data DIR (and --test-path CSV)")
+            raise InvalidInput("the Jigsaw task needs the Kaggle CSVs: pass --data DIR (and --test-path CSV)")
         return []
 
     def raw(self, cfg) -> RawSplits:
@@ -54,12 +55,12 @@ class JigsawTask(Task):
         if d.path:
             p = local_path(d.path, "--data")
             if p is None:
-                raise FileNotFoundError(f"--data {d.path!r}: no such file or directory (Jigsaw needs the Kaggle "
+                raise MissingInput(f"--data {d.path!r}: no such file or directory (Jigsaw needs the Kaggle "
                                         "competition train.csv, or the directory holding it)")
             if p.is_dir():
                 train_file = p / "train.csv"
                 if not train_file.is_file():
-                    raise FileNotFoundError(f"--data {d.path!r}: no train.csv there (the Kaggle Jigsaw Toxic Comment "
+                    raise MissingInput(f"--data {d.path!r}: no train.csv there (the Kaggle Jigsaw Toxic Comment "
                                             "Classification Challenge train.csv)")
                 for name in ("jigsaw_gen_test.csv", "jigsaw_test.csv"):
                     if (p / name).is_file():
@@ -78,7 +79,7 @@ class JigsawTask(Task):
         if d.test_path:
             test_file = pathlib.Path(d.test_path).expanduser()
             if not test_file.is_file():
-                raise FileNotFoundError(f"--test-path {d.test_path!r}: no such file (the jigsaw_gen_test.csv format)")
+                raise MissingInput(f"--test-path {d.test_path!r}: no such file (the jigsaw_gen_test.csv format)")
         test = None
         ppl: list[str] = []
         if test_file is not None:
@@ -89,7 +90,7 @@ class JigsawTask(Task):
             ppl = [x for x, y in zip(texts, toxic) if y == 0]  # non-toxic test comments, file order
             info.update(test_file=str(test_file))
         if train is None and test is None:
-            raise ValueError("the Jigsaw task has no hub source: pass --data DIR (the Kaggle competition train.csv) "
+            raise InvalidInput("the Jigsaw task has no hub source: pass --data DIR (the Kaggle competition train.csv) "
                              "and --test-path jigsaw_gen_test.csv (data.path / data.test_path)")
         return RawSplits(train, test, False, sft or [], ppl, info)
 

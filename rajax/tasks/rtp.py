@@ -12,6 +12,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from rajax.core.errors import InvalidInput, MissingInput
 from rajax.tasks.base import RawSplits, Task, hf_shuffle, hf_train_test_split, ratio_count
 from rajax.tasks.files import column, hub_dataset, is_saved_dataset, load_from_disk, local_path, read_split, read_table
 
@@ -38,7 +39,7 @@ def rtp_split_indices(toxicity: Sequence, seed: int = RTP_SEED) -> dict[str, np.
     k_train = ratio_count(len(train_toxic))
     k_test = len(test_toxic)
     if k_train > len(tr_n) or k_test > len(te_n):
-        raise ValueError(f"RTP split: {len(tr_n)} / {len(te_n)} non-toxic train / test prompts, fewer than the "
+        raise InvalidInput(f"RTP split: {len(tr_n)} / {len(te_n)} non-toxic train / test prompts, fewer than the "
                          f"{k_train} / {k_test} the 70/30 train and 50/50 test need")
     nt_train, nt_test = nontoxic[tr_n], nontoxic[te_n]
     train_nontoxic = nt_train[hf_shuffle(len(nt_train), seed)[:k_train]]
@@ -91,7 +92,7 @@ class RtpTask(Task):
                 else:
                     table = read_split(local, "train") or read_split(local, "prompts")
                     if table is None:
-                        raise FileNotFoundError(f"--data {d.path!r}: no prompts.jsonl or train*.jsonl/parquet there")
+                        raise MissingInput(f"--data {d.path!r}: no prompts.jsonl or train*.jsonl/parquet there")
             else:
                 table = read_table(local)
             src = str(local)

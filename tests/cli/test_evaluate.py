@@ -5,7 +5,6 @@ import math
 
 import numpy as np
 import pytest
-
 from tiny import TEST_ROWS
 
 from rajax.cli import evaluate as cli_evaluate
@@ -61,7 +60,7 @@ def test_bin_evaluate_one_line_errors(tmp_path, capsys):
     rc = cli_evaluate.main(["--task", "jigsaw", "--policy", f"x={tmp_path / 'nope'}", "--out", str(tmp_path / "o"),
                           "--reward-model", str(tmp_path), "--no-progress"])
     err = capsys.readouterr().err
-    assert rc == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert rc == 2 and err.startswith("rajax: error: ") and len(err.strip().splitlines()) == 1
     assert cli_evaluate.main(["--task", "nosuchtask", "--policy", "x=y"]) == 2
     assert "unknown task" in capsys.readouterr().err
     with pytest.raises(ValueError):

@@ -60,6 +60,6 @@ def test_bin_sft_end_to_end(tmp_path, capsys):
                      str(tmp_path / "train.csv"), "--out", str(tmp_path / "x"), "--set", "data.source=file",
                      "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert err.startswith("rajax: error: ") and len(err.strip().splitlines()) == 1
     assert cli_sft.main(argv[:-2] + ["--batch", "6", "--set", "data.source=file"]) == 2
     assert "multiple of --micro-batch" in capsys.readouterr().err

@@ -6,7 +6,6 @@ import pytest
 
 from rajax.evaluation import metrics as E
 
-
 # A fixed table of 10 prompts: prompt scores and one policy's rewards.
 SCORES = np.array([3.0, -1.0, 7.0, 5.0, 0.5, 6.0, -4.0, 5.0, 2.0, 8.0])
 REWARDS = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0])

@@ -11,6 +11,7 @@ import pathlib
 
 import numpy as np
 
+from rajax.core.errors import MissingInput
 from rajax.tasks.base import RawSplits, Task
 from rajax.tasks.synthetic.build import prepare, read_jsonl
 from rajax.tasks.synthetic.world import ground_truth_score
@@ -63,7 +64,7 @@ class SyntheticTask(Task):
         d = pathlib.Path(path).expanduser()
         for name in ("train.jsonl", "test.jsonl", "sft.jsonl"):
             if not (d / name).is_file():
-                raise FileNotFoundError(f"data.path {str(path)!r} is not a synthetic data directory (no {name}); "
+                raise MissingInput(f"data.path {str(path)!r} is not a synthetic data directory (no {name}); "
                                         "leave data.path empty to use the prepared cache")
         train_rows, test_rows = read_jsonl(d / "train.jsonl"), read_jsonl(d / "test.jsonl")
         split = lambda rows: ([r["text"] for r in rows], np.array([r["label"] for r in rows], np.int32))  # noqa: E731

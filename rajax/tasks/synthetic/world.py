@@ -17,6 +17,8 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from rajax.core.errors import InvalidInput
+
 EOS = "<|endoftext|>"
 
 # ------------------------------------------------------------------------------------------------
@@ -167,7 +169,7 @@ def generate(seed: int = 0, *, n_train: int = 2048, n_test: int = 256, n_lm: int
              n_clf: int = 3072) -> Corpus:
     """The seeded corpus (same seed -> same texts). The test split is exactly half hostile-opening."""
     if n_test % 2:
-        raise ValueError(f"n_test must be even (half hostile, half not), got {n_test}")
+        raise InvalidInput(f"n_test must be even (half hostile, half not), got {n_test}")
     rng = np.random.Generator(np.random.PCG64(seed))
     train = [_document(rng) for _ in range(n_train)]
     test = [_document(rng, HOSTILE if i % 2 == 0 else int(rng.choice([NEUTRAL, KIND])))

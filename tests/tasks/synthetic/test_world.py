@@ -4,7 +4,6 @@ import pytest
 
 from rajax.tasks.synthetic import build, world
 
-
 SMALL = dict(n_train=200, n_test=100, n_lm=50, n_clf=50)
 
 
