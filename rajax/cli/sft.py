@@ -72,7 +72,8 @@ def run_sft(
     policy = cfg.model.policy
     tok_name = cfg.model.tokenizer or policy
     if tokenizer is None:
-        tokenizer = load_tokenizer(tok_name, padding_side="right", what="--tokenizer")
+        tokenizer = load_tokenizer(tok_name, padding_side="right",
+                                   what="--tokenizer" if cfg.model.tokenizer else "--policy")
     if texts is None:
         texts = task.load(cfg, tokenizer, require=()).sft_texts
     ids, attn, labels = tokenize_for_sft(tokenizer, texts, max_tokens)

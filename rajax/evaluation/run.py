@@ -115,7 +115,7 @@ def evaluate(cfg, policies: Mapping[str, Any], out_dir: str, *, reward=None, tok
         if cfg.model.tokenizer:
             tok_src, what = cfg.model.tokenizer, "--tokenizer"
         elif isinstance(first, (str, os.PathLike)):
-            tok_src, what = str(first), f"--policy {first_name} (its tokenizer; or pass --tokenizer)"
+            tok_src, what = str(first), f"--policy {first_name}"
         else:
             tok_src, what = cfg.model.policy, "model.policy (its tokenizer; or pass --tokenizer)"
         tokenizer = load_tokenizer(tok_src, padding_side="left", what=what)

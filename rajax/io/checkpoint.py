@@ -14,10 +14,14 @@ step into a temporary directory and renames it on success; on top of that:
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
+import os
 import pathlib
 import re
 import shutil
+import sys
+import tempfile
 from typing import Any, Callable
 
 import jax
@@ -37,16 +41,43 @@ def abstract_like(tree):
 @contextlib.contextmanager
 def _quiet_orbax():
     """Orbax logs every failed write with full tracebacks from its worker threads (dozens of lines
-    around the one that matters); the caller reports the failure itself, in one line."""
-    loggers = [logging.getLogger(n) for n in ("absl", "orbax", "orbax.checkpoint")]
+    around the one that matters), and a failed read leaves coroutines whose errors Python prints when
+    they are collected; the caller reports the failure itself, in one line."""
+    loggers = [logging.getLogger(n) for n in ("absl", "asyncio", "orbax", "orbax.checkpoint")]
     levels = [lg.level for lg in loggers]
+    hook = sys.unraisablehook
     for lg in loggers:
         lg.setLevel(logging.CRITICAL)
+    sys.unraisablehook = lambda _unraisable: None
     try:
         yield
     finally:
+        gc.collect()  # collect the abandoned coroutines while their errors are still silenced
+        sys.unraisablehook = hook
         for lg, lvl in zip(loggers, levels):
             lg.setLevel(lvl)
+
+
+@contextlib.contextmanager
+def _stderr_aside():
+    """Send file descriptor 2 to a temporary file while a checkpoint is read: when a damaged step fails,
+    TensorStore's reads still in flight end later in callbacks that print tracebacks straight to the
+    process's stderr (the event loop they report to is gone). Anything written there that is not one
+    of those is copied back afterwards, so nothing the user should see is lost."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as buf:
+        os.dup2(buf.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            buf.seek(0)
+            text = buf.read().decode(errors="replace")
+            if text and "Event loop is closed" not in text and "Future exception was never retrieved" not in text:
+                sys.stderr.write(text)
 
 
 def _storage_reason(e: BaseException) -> str | None:
@@ -140,6 +171,10 @@ class Checkpointer:
         steps = self.all_steps()
         if not steps:
             raise MissingInput(f"no checkpoint in {self.directory}")
+        with _stderr_aside():
+            return self._restore_newest(like, steps)
+
+    def _restore_newest(self, like, steps):
         for s in reversed(steps):
             try:
                 return self._restore_step(like, s)
@@ -149,7 +184,7 @@ class Checkpointer:
                 shutil.move(str(self.directory / str(s)), str(aside))
                 where = f"restoring checkpoint {older[-1]} instead" if older else "no older checkpoint to restore"
                 self.log(f"checkpoint {s} in {self.directory} is unreadable ({type(e).__name__}: "
-                         f"{one_line(e)[:160]}); moved it to {aside.name}, {where}")
+                         f"{one_line(e)[:100]}); moved it to {aside.name}, {where}")
                 self._mngr = self._manager()
         raise CheckpointError(f"no readable checkpoint in {self.directory} (the unreadable ones were moved to "
                               "<step>.unreadable); start a new run or restore one by hand")

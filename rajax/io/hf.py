@@ -96,12 +96,19 @@ def load(name_or_path, *, value_head_seed: int = 0, dtype: str = "float32", what
     try:
         conv = _converter_for_type(raw.get("model_type", "gpt2"))
         cfg = conv.config_from_hf(raw, dtype=dtype)
-        sd = hub.read_state_dict(d, what=what, name=name_or_path)
-        vh = d / VALUE_HEAD_FILE
-        if vh.is_file():
-            from safetensors.numpy import load_file
+    except ValueError as e:
+        raise InvalidInput(hub.error(what, name_or_path, str(e))) from None
+    sd = hub.read_state_dict(d, what=what, name=name_or_path)  # its errors already name the flag
+    vh = d / VALUE_HEAD_FILE
+    if vh.is_file():
+        from safetensors.numpy import load_file
 
+        try:
             sd.update(load_file(vh))  # our file wins over any TRL keys in the weights
+        except Exception as e:  # noqa: BLE001 - safetensors' errors for a damaged file
+            raise InvalidInput(hub.error(what, name_or_path, f"{VALUE_HEAD_FILE} is unreadable "
+                                                             f"({type(e).__name__})")) from None
+    try:
         params = from_state_dict(cfg, sd, value_head_seed=value_head_seed)
     except ValueError as e:
         raise InvalidInput(hub.error(what, name_or_path, str(e))) from None

@@ -98,7 +98,10 @@ class RunDir:
                                       f"--resume {path}, or pass --overwrite to replace what a rajax run wrote there")
                 owned = set(old.get("entries", [])) if old else set()
                 cls._remove(path, owned)
-                blocking = [n for n in entries if (path / n).exists()]
+                # A name blocks when something is there that no earlier run recorded (a directory
+                # that holds a run's files plus a user's, like model/README.md, is the run's).
+                blocking = [n for n in entries if (path / n).exists()
+                            and not any(e == n or e.startswith(n + "/") for e in owned)]
                 if blocking:
                     raise RunDirError(f"{flag} {path}: {', '.join(blocking)} is not a rajax run's and would be "
                                       f"overwritten; move it away or choose another {flag}")

@@ -17,8 +17,8 @@ from rajax.core.errors import InvalidInput, MissingInput, one_line
 
 
 def _err(what: str | None, name, reason: str) -> str:
-    msg = f"cannot load tokenizer from {str(name)!r}: {reason}"
-    return f"{what}: {msg}" if what else msg
+    msg = f"{str(name)!r}: no tokenizer ({reason})" if reason.startswith("no such") else f"{str(name)!r}: {reason}"
+    return f"{what} {msg}" if what else msg
 
 
 def load_tokenizer(name_or_path, *, padding_side: str = "left", what: str | None = None):

@@ -66,6 +66,11 @@ def prepare(cfg, *, require: Sequence[str] = ("train",), progress: bool = True, 
     unreachable (``check_hub``)."""
     task = get(cfg.data.source)
     cfg = task.resolve(cfg, progress=progress)
+    # Model paths may name another task's assets (e.g. the offline world's policy with data from a file).
+    paths = (cfg.model.policy, cfg.model.ref_policy, cfg.model.tokenizer, cfg.reward.model)
+    for other in _REGISTRY.values():
+        if other is not task and other.placeholder and other.placeholder in paths:
+            cfg = other.resolve(cfg, progress=progress)
     if check_hub:
         m, r, d = cfg.model, cfg.reward, cfg.data
         sources = [("--policy", m.policy), ("--ref-policy", m.ref_policy), ("--reward-model", r.model),

@@ -105,6 +105,9 @@ class Task:
 
     name: str = ""
     offline: bool = False  # runs with no hub access and no local files (the offline hint names it)
+    # A value a config may give for a model path that this task's ``resolve`` fills in (its own
+    # assets), whichever task the data comes from; None: the task has no such placeholder.
+    placeholder: str | None = None
     class_names: dict = {0: "Non toxic", 1: "Toxic"}  # test-set label -> name, for the figures
 
     def resolve(self, cfg, *, progress: bool = True):

@@ -47,6 +47,7 @@ class SyntheticTask(Task):
 
     name = PLACEHOLDER
     offline = True
+    placeholder = PLACEHOLDER
 
     def resolve(self, cfg, *, progress: bool = True):
         return resolve(cfg, progress=progress)
