@@ -1,12 +1,15 @@
 # Shared by bin/*: find or create the Python environment that runs rajax.
 # Uses the current interpreter if it already imports rajax and its deps;
 # otherwise builds .venv/ (Python >= 3.11) once and installs rajax into it.
+# Hints in rajax's messages name the command the user typed (bin/train in a clone).
+export RAJAX_TRAIN_COMMAND="${RAJAX_TRAIN_COMMAND:-bin/train}"
+
 rajax_ensure_env() {
   local root; root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
   local want_test=${RAJAX_TEST_DEPS:-1}
   if [ -x "$root/.venv/bin/python" ] && "$root/.venv/bin/python" -c "import rajax, jax, flax, optax, orbax.checkpoint" 2>/dev/null; then
     PY="$root/.venv/bin/python"
-    if [ "$want_test" = 1 ] && ! "$PY" -c "import pytest, xdist, torch" 2>/dev/null; then
+    if [ "$want_test" = 1 ] && ! "$PY" -c "import pytest, xdist, torch, peft, trl, wandb, chex, setuptools" 2>/dev/null; then
       _rajax_install "$root" test
     fi
     return

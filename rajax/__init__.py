@@ -1,2 +1,2 @@
 """rajax: Risk-Averse RLHF (Chaudhary et al., NeurIPS 2024) in pure JAX/Flax."""
-__version__ = "0.1.0"
+__version__ = "0.2.0"

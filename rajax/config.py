@@ -2,11 +2,11 @@
 
 References are to docs/paper.md: §2 (PPO hyper-parameters actually used),
 §3 (per-task values), §1.3 (soft-risk α / n / ρ / M), §4.1-4.2 (evaluation test sets, tails,
-perplexity texts). The task presets live in the repository's ``configs/<task>.yaml``.
+perplexity texts). The task presets ship inside the package as ``rajax/configs/<task>.yaml``.
 
 Resolution order (later wins)::
 
-    dataclass defaults  <  configs/<task>.yaml (or a YAML path)  <  user YAML  <  dotted overrides
+    dataclass defaults  <  rajax/configs/<task>.yaml (or a YAML path)  <  user YAML  <  dotted overrides
 
 Overrides are ``"section.field=value"`` strings (``ppo.learning_rate=2e-5``, ``risk.M=null``,
 ``eval.cvar_alphas=[0.1,0.2]``) or a dict ``{"ppo.learning_rate": 2e-5}``. Every value, from YAML or
@@ -19,6 +19,7 @@ The config is frozen and hashable (tuples, not lists), so parts of it can be sta
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import math
 import pathlib
 import types
@@ -47,14 +48,21 @@ class ModelConfig:
     ref_policy: str | None = None  # None = same as policy
     tokenizer: str | None = None  # None = the policy's directory / id
     dtype: str = "float32"  # compute dtype: float32 | bfloat16
-    remat: bool = False  # rematerialise each GPT-2 block in the backward pass (memory for compute)
+    remat: bool = False  # rematerialise each block in the backward pass (memory for compute)
+    # LoRA (docs/models.md): with a rank, only the adapters on `lora_targets` and the value head
+    # train; the base weights are frozen and stored in `base_dtype`.
+    lora_rank: int = 0  # LoRA rank r; 0 = no LoRA (every parameter trains)
+    lora_alpha: float = 16.0  # LoRA scale numerator: adapters add (alpha / r) * x @ A @ B
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")  # projections that get adapters (Llama, Qwen2, GPT-J names)
+    lora_dropout: float = 0.0  # dropout on the adapter input, only when sampling with dropout
+    base_dtype: str = "float32"  # storage of the frozen LoRA base weights: float32 | bfloat16
 
 
 @dataclasses.dataclass(frozen=True)
 class RewardConfig:
     """The frozen reward classifier (docs/paper.md §3: raw logits; toxic = -logit('toxic'), positive = +logit('POSITIVE'))."""
 
-    model: str = "unitary/toxic-bert"
+    model: str = "unitary/toxic-bert"  # the classifier: hub id or local dir
     kind: str = "toxic"  # toxic | positive
     label: str | None = None  # override the label name
     index: int | None = None  # override the label index
@@ -65,6 +73,8 @@ class RewardConfig:
     # Checked: with it, 99.09% of the Jigsaw-Gen 8-token prompts are prefixes of their comment,
     # the 99.1% reported for the paper's prompts (docs/paper.md §6.1); without it 99.81%.
     clean_up_spaces: bool = False
+    # Score the response text alone instead of prompt + response (the GPT-J scripts, quirk #20).
+    response_only: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +87,8 @@ class DataConfig:
     text_column: str | None = None  # for source=file (None = "text")
     label_column: str | None = None  # for source=file (optional)
     revision: str | None = None  # hub dataset revision
+    split: str = "train"  # source=file/hub with a hub dataset id: the split of the training prompts
+    test_split: str | None = None  # ... and of the test prompts (None: no test set from the hub)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,29 +96,32 @@ class GenerationConfig:
     """Rollout sampling (docs/paper.md §3: top_k 0, top_p 1, T=1; quirk #12 for min_length)."""
 
     prompt_tokens: int = 32  # P: prompt = decode(encode(text)[:P])
-    max_new_tokens: int = 32
+    max_new_tokens: int = 32  # response length N (responses stop early at EOS)
     min_length: int = 32  # HF's *total* min_length, see min_length_mode
     min_length_mode: str = "trl"  # trl: max(0, min_length - longest prompt of each group of 4) | new_tokens
-    top_k: int = 0
-    top_p: float = 1.0
-    temperature: float = 1.0
+    top_k: int = 0  # keep the k most likely tokens (0 = off)
+    top_p: float = 1.0  # nucleus sampling mass (1.0 = off)
+    temperature: float = 1.0  # sampling temperature
     rollout_dropout: bool = False  # quirk #10: sample with dropout from iteration 1 on
+    # quirk #20: the response is the last max_new_tokens tokens of prompt + response, as the GPT-J
+    # scripts' `generate(...)[-48:]` (a response that stops early takes in the prompt's tail).
+    gptj_slice: bool = False
 
     def sample_settings(self, eos_id: int, pad_id: int | None) -> SampleSettings:
         """The sampler's settings for a tokenizer's EOS and pad ids."""
         return SampleSettings(max_new_tokens=self.max_new_tokens, eos_id=int(eos_id),
                               pad_id=None if pad_id is None else int(pad_id), min_length=self.min_length,
                               min_length_mode=self.min_length_mode, top_k=self.top_k, top_p=self.top_p,
-                              temperature=self.temperature)
+                              temperature=self.temperature, tail_slice=self.gptj_slice)
 
 
 @dataclasses.dataclass(frozen=True)
 class RiskConfig:
     """Soft-risk schedule (docs/paper.md §1.3). alpha = 1.0 is the RLHF baseline (no risk mask)."""
 
-    alpha: float = 0.2
-    n: int = 30
-    rho: float = 0.95
+    alpha: float = 0.2  # risk level: train on the ceil(alpha*B) lowest returns (1.0 = RLHF)
+    n: int = 30  # warm start: the whole batch while iteration <= n
+    rho: float = 0.95  # alpha is reached at iteration ceil(rho*M)
     M: int | None = None  # None = the number of iterations of the run
     scheduler: str = "new"  # new | old
 
@@ -115,37 +130,46 @@ class RiskConfig:
 class KLConfig:
     """TRL's adaptive KL controller (docs/paper.md §1.6, §2.1)."""
 
-    adaptive: bool = True
-    init_coef: float = 0.2
-    target: float = 6.0
-    horizon: int = 10000
+    adaptive: bool = True  # TRL's adaptive controller (false: a fixed coefficient)
+    init_coef: float = 0.2  # beta at iteration 0
+    target: float = 6.0  # the KL the controller steers to
+    horizon: int = 10000  # the controller's horizon (K_beta = batch_size / horizon)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """The PPO loop (docs/paper.md §1.2, quirk #15: one pass, drop_last)."""
 
-    batch_size: int = 128
-    seed: int = 4
+    batch_size: int = 128  # episodes per iteration, B
+    seed: int = 4  # data order, value-head init, sampling and PPO shuffles
     iterations: int | None = None  # None = one pass over the train prompts, N // batch_size
-    log_every: int = 1
+    log_every: int = 1  # without a terminal: print a progress line every N iterations
     sample_every: int = 50  # write sample generations every N iterations (0 = never)
     checkpoint_every: int = 50  # 0 = only at the end
-    keep_checkpoints: int = 3
-    eval_at_end: bool = True
+    keep_checkpoints: int = 3  # the newest N checkpoints are kept
+    eval_at_end: bool = True  # evaluate the trained policy at the end of the run
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
     """Evaluation (docs/paper.md §4.1 test sets and tails, §4.2 perplexity texts)."""
 
-    tail_threshold: float = 5.0
+    tail_threshold: float = 5.0  # tail = prompts whose prompt score is below this
     tail_inclusive: bool = False  # True: prompt_score <= threshold; False: <
     test_size: int | None = None  # None = the whole test set
-    cvar_alphas: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4)
+    cvar_alphas: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4)  # report CVaR of the rewards at these levels
     ppl_num_texts: int | None = 1000  # None = all perplexity texts of the task
     ppl_max_chars: int | None = 1000  # each perplexity text is cut to this many characters
-    batch_size: int = 128
+    batch_size: int = 128  # prompts per generation call
+
+
+@dataclasses.dataclass(frozen=True)
+class ParallelConfig:
+    """How the model sits on the device mesh (the batch is always split over it, docs/architecture.md)."""
+
+    # FSDP-style: parameters and optimizer state split over the mesh's devices (rajax.core.parallel
+    # .shard_params) for models that do not fit replicated. The CVaR quantile stays global either way.
+    shard_params: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +186,7 @@ class Config:
     kl: KLConfig = KLConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    parallel: ParallelConfig = ParallelConfig()
 
 
 # Section name -> dataclass (``from __future__ import annotations`` makes ``Field.type`` a string).
@@ -320,29 +345,39 @@ def dump_yaml(cfg: Config, path=None) -> str:
 # ------------------------------------------------------------------------------------------------
 # Loading
 # ------------------------------------------------------------------------------------------------
-def preset_dir() -> pathlib.Path:
-    """The repository's ``configs/`` directory (next to the ``rajax`` package)."""
-    return pathlib.Path(__file__).resolve().parent.parent / "configs"
+def preset_dir():
+    """The presets shipped inside the package (``rajax/configs``), as an ``importlib.resources``
+    traversable: it works from a source checkout, an installed wheel or a zip."""
+    return importlib.resources.files("rajax") / "configs"
 
 
 def list_presets() -> list[str]:
     d = preset_dir()
-    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+    return sorted(p.name[:-5] for p in d.iterdir() if p.name.endswith(".yaml")) if d.is_dir() else []
+
+
+def _preset_text(name: str) -> str | None:
+    f = preset_dir() / f"{name}.yaml"
+    return f.read_text() if f.is_file() else None
+
+
+def _parse_yaml(text: str, what: str) -> dict:
+    try:
+        d = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise InvalidInput(f"{what} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if d is None:
+        return {}
+    if not isinstance(d, dict):
+        raise InvalidInput(f"{what} must hold a mapping of config sections, got {type(d).__name__}")
+    return d
 
 
 def _read_yaml(path, what: str) -> dict:
     p = pathlib.Path(path).expanduser()
     if not p.is_file():
         raise MissingInput(f"{what} {str(path)!r}: no such file")
-    try:
-        d = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise InvalidInput(f"{what} {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if d is None:
-        return {}
-    if not isinstance(d, dict):
-        raise InvalidInput(f"{what} {str(path)!r} must hold a mapping of config sections, got {type(d).__name__}")
-    return d
+    return _parse_yaml(p.read_text(), f"{what} {str(path)!r}")
 
 
 def _merge(base: dict, extra: Mapping) -> dict:
@@ -401,7 +436,7 @@ def apply_overrides(d: dict, overrides) -> dict:
 def load_config(task_or_path, user_yaml=None, overrides=(), *, check: bool = True) -> Config:
     """Resolve a run config: preset (task name, YAML path, or a ``Config``) < user YAML < overrides.
 
-    ``task_or_path``: a preset name (``configs/<name>.yaml``, see ``list_presets()``), a path to
+    ``task_or_path``: a preset name (``rajax/configs/<name>.yaml``, see ``list_presets()``), a path to
     a YAML file, or an existing ``Config``. ``overrides``: ``["ppo.learning_rate=2e-5", ...]`` or a
     dict with dotted keys. Validates with ``validate(cfg)`` unless ``check=False`` (the trainer
     validates again with the real device count).
@@ -414,11 +449,11 @@ def load_config(task_or_path, user_yaml=None, overrides=(), *, check: bool = Tru
         if name.endswith((".yaml", ".yml")) or p.is_file() or "/" in name:
             base = _read_yaml(p, "config file")
         else:
-            preset = preset_dir() / f"{name}.yaml"
-            if not preset.is_file():
-                raise InvalidInput(f"unknown task {name!r}: no preset {preset}; choose one of "
-                                 f"{', '.join(list_presets()) or '(none found)'} or pass a YAML path")
-            base = _read_yaml(preset, "preset")
+            text = _preset_text(name)
+            if text is None:
+                raise InvalidInput(f"unknown task {name!r}; choose one of {', '.join(list_presets()) or '(none found)'} "
+                                   "or pass a YAML path")
+            base = _parse_yaml(text, f"preset {name!r}")
     if user_yaml:
         base = _merge(base, _read_yaml(user_yaml, "--config"))
     base = apply_overrides(base, overrides)
@@ -451,6 +486,14 @@ def validate(cfg: Config, num_devices: int = 1) -> Config:
                                   cfg.kl, cfg.train, cfg.eval)
     _check(bool(m.policy), "model.policy is empty; pass --policy (a hub id or a local checkpoint dir)")
     _choice(m.dtype, DTYPES, "model.dtype")
+    _choice(m.base_dtype, DTYPES, "model.base_dtype")
+    _check(m.lora_rank >= 0, f"model.lora_rank={m.lora_rank} must be >= 0 (0 = no LoRA)")
+    if m.lora_rank:
+        _check(m.lora_alpha > 0, f"model.lora_alpha={m.lora_alpha} must be > 0")
+        _check(bool(m.lora_targets), "model.lora_targets is empty; name the projections to adapt, e.g. [q_proj,v_proj]")
+        _check(0.0 <= m.lora_dropout < 1.0, f"model.lora_dropout={m.lora_dropout} must be in [0, 1)")
+    else:
+        _check(m.base_dtype == "float32", "model.base_dtype applies to LoRA base weights only; set model.lora_rank")
     _check(bool(r.model), "reward.model is empty; pass --reward-model")
     _choice(r.kind, REWARD_KINDS, "reward.kind")
     _check(r.sign in (None, 1, -1), f"reward.sign={r.sign} must be 1, -1 or null")
@@ -521,6 +564,6 @@ def validate(cfg: Config, num_devices: int = 1) -> Config:
 
 __all__ = [
     "Config", "ModelConfig", "RewardConfig", "DataConfig", "GenerationConfig", "PPOConfig", "RiskConfig",
-    "KLConfig", "TrainConfig", "EvalConfig", "load_config", "validate", "from_dict", "to_dict", "dump_yaml",
+    "KLConfig", "TrainConfig", "EvalConfig", "ParallelConfig", "load_config", "validate", "from_dict", "to_dict", "dump_yaml",
     "apply_overrides", "preset_dir", "list_presets",
 ]

@@ -218,7 +218,7 @@ def train_lm(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, desc="sft", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=total, desc="sft", unit="step", dynamic_ncols=True, disable=None)  # off without a terminal
     step = 0
     try:
         for epoch in range(epochs):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import pathlib
 import signal
+import sys
 import time
 from typing import Any, NamedTuple
 
@@ -25,11 +26,52 @@ import optax
 from rajax import config as config_lib
 from rajax import rewards, tasks
 from rajax.core import parallel, ppo, risk, rollout
-from rajax.core.errors import CheckpointError, InvalidInput, NonFinite
-from rajax.io import hf, tracking
+from rajax.core.errors import CheckpointError, InvalidInput, NonFinite, train_command
+from rajax.io import hf, hub, peft, tracking
 from rajax.io.checkpoint import Checkpointer
 from rajax.io.rundir import RunDir
 from rajax.io.tokenizer import check_fits, load_tokenizer
+from rajax.models import lora
+
+# Texts whose token ids a --ref-policy's tokenizer must reproduce (words, digits, punctuation,
+# whitespace runs, non-ASCII): the KL compares the two models on the policy's sampled ids.
+ID_PROBES = ("The movie was great, but the ending... not so much!", "  two spaces\tand a tab\n",
+             "1234567890 $%&*()[]{} <|endoftext|>", "naïve café – “quotes” — 東京 🙂", "don't you're it's")
+
+
+def check_same_ids(tokenizer, ref_dir, *, policy_name, ref_name) -> None:
+    """One line when ``ref_dir``'s tokenizer encodes ``ID_PROBES`` (or its EOS) differently: a reference
+    of another family must read the policy's ids as the same tokens. A directory without tokenizer
+    files is checked by its embedding rows only (``check_fits``)."""
+    d = pathlib.Path(str(ref_dir))
+    if not d.is_dir() or not ((d / "tokenizer.json").is_file() or (d / "vocab.json").is_file()):
+        return
+    ref_tok = load_tokenizer(str(d), what="--ref-policy (its tokenizer)")
+    for text in ID_PROBES:
+        a, b = tokenizer(text)["input_ids"], ref_tok(text)["input_ids"]
+        if list(a) != list(b):
+            raise InvalidInput(f"--ref-policy {ref_name}: its tokenizer encodes {text!r} as {list(b)[:8]}... but the "
+                               f"policy's ({policy_name}) as {list(a)[:8]}...; the KL needs the same token ids")
+    if ref_tok.eos_token_id != tokenizer.eos_token_id:
+        raise InvalidInput(f"--ref-policy {ref_name}: its EOS id {ref_tok.eos_token_id} differs from the policy "
+                           f"tokenizer's {tokenizer.eos_token_id}")
+
+
+class ResponseOnly:
+    """A reward that scores the response text alone (``reward.response_only``, the GPT-J scripts,
+    docs/paper.md quirk #20); prompts are still scored by ``score_texts`` where a caller asks."""
+
+    def __init__(self, reward):
+        self.inner = reward
+
+    def __getattr__(self, name):  # fn, cfg, tokenizer ... of the wrapped reward
+        return getattr(self.inner, name)
+
+    def score_texts(self, texts):
+        return self.inner.score_texts(texts)
+
+    def __call__(self, prompts, responses):
+        return self.inner.score_texts(list(responses))
 
 
 class TrainState(NamedTuple):
@@ -48,9 +90,11 @@ class Trainer:
     """
 
     def __init__(self, cfg, out_dir, *, run: RunDir | None = None, resume: bool = False, overwrite: bool = False,
-                 tx: optax.GradientTransformation | None = None, progress: bool = True, log=print):
+                 tx: optax.GradientTransformation | None = None, progress: bool = True, log=print,
+                 report_to: tuple[str, ...] = ("tensorboard",)):
         self.log = log
         self.progress = progress
+        self.report_to = tuple(report_to)
         self.out = pathlib.Path(out_dir)
         self.lead = jax.process_index() == 0  # in a multi-host run only process 0 writes files
         n_dev = jax.device_count()  # all hosts' devices after jax.distributed.initialize
@@ -68,17 +112,39 @@ class Trainer:
         self.tokenizer = load_tokenizer(tok_src, padding_side="left", what=tok_flag)
         self.policy, params = hf.load(m.policy, value_head_seed=cfg.train.seed, what="--policy")
         self.policy = self.policy.replace(dtype=m.dtype, remat=m.remat)
-        ref_src = m.ref_policy or m.policy
-        ref_cfg, ref_params = hf.load(ref_src, value_head_seed=cfg.train.seed, what="--ref-policy")
         check_fits(self.tokenizer, self.policy.vocab_size, tokenizer_name=tok_src, model_name=m.policy,
                    tokenizer_flag=tok_flag)
-        if ref_cfg.vocab_size != self.policy.vocab_size:
-            raise InvalidInput(f"--ref-policy {ref_src} has {ref_cfg.vocab_size} embedding rows but --policy "
-                               f"{m.policy} has {self.policy.vocab_size}; the KL penalty needs one vocabulary")
+        # The reference handle when it is not the policy's (another family or size, or a LoRA policy's
+        # base), and ref_params None when the reference reads the policy's own tree (LoRA, same base).
+        self.reference = None
+        ref_src = m.ref_policy or m.policy
+        same_base = m.ref_policy in (None, m.policy)
+        if m.lora_rank:
+            if not hasattr(self.policy, "lora"):
+                raise InvalidInput(f"model.lora_rank={m.lora_rank}: --policy {m.policy} is a {self.policy.describe()}, "
+                                   "which has no LoRA support (Llama, Qwen2 and GPT-J have)")
+            self.policy = self.policy.replace(lora=lora.LoRA(m.lora_rank, m.lora_alpha, tuple(m.lora_targets),
+                                                             m.lora_dropout))
+            params["lora"] = lora.init(self.policy, params, jax.random.fold_in(jax.random.key(cfg.train.seed), 1))
+        if m.lora_rank and same_base:
+            ref_cfg, ref_params = self.policy.replace(lora=None), None  # adapters off: no second copy
+            self.reference = ref_cfg
+        else:
+            ref_cfg, ref_params = hf.load(ref_src, value_head_seed=cfg.train.seed, what="--ref-policy")
+            if not same_base:
+                check_same_ids(self.tokenizer, hub.resolve(ref_src, what="--ref-policy"), policy_name=m.policy,
+                               ref_name=ref_src)
+            check_fits(self.tokenizer, ref_cfg.vocab_size, tokenizer_name=tok_src, model_name=ref_src,
+                       tokenizer_flag=tok_flag, model_flag="--ref-policy")
+            ref_cfg = ref_cfg.replace(dtype=m.dtype)
+            if ref_cfg.replace(remat=m.remat) != self.policy:  # another family, size or a LoRA policy
+                self.reference = ref_cfg
         for name, tree in (("--policy", params), ("--ref-policy", ref_params)):
-            if not bool(parallel.all_finite(tree)):
+            if tree is not None and not bool(parallel.all_finite(tree)):
                 raise NonFinite(f"{name} {m.policy if name == '--policy' else ref_src} has non-finite parameters")
         self.reward = rewards.from_config(cfg.reward)
+        if cfg.reward.response_only:
+            self.reward = ResponseOnly(self.reward)
         self.data = self.task.load(cfg, self.tokenizer)
         self.extra_scorers = self.task.extra_scorers(cfg)
         self.settings = cfg.generation.sample_settings(self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
@@ -98,14 +164,24 @@ class Trainer:
         self.order = np.random.default_rng(cfg.train.seed).permutation(n_train)
         self.mesh = parallel.make_mesh()
         self.tx = ppo.default_optimizer(cfg.ppo) if tx is None else tx
-        self.ref_params = parallel.replicate(ref_params, self.mesh)
-        params = parallel.replicate(params, self.mesh)
-        self.state = TrainState(params, parallel.replicate(self.tx.init(params), self.mesh),
+        self.sharded = cfg.parallel.shard_params
+        place = lambda tree: parallel.place_params(tree, self.mesh, self.sharded)  # noqa: E731
+        self.ref_params = None if ref_params is None else place(ref_params)
+        # LoRA: the optimizer sees the adapters and the value head only; the base is frozen (and not donated).
+        self.frozen = None
+        if m.lora_rank:
+            params, frozen = lora.split(params)
+            self.frozen = place(lora.cast(frozen, jax.numpy.dtype(m.base_dtype)))
+        params = place(params)
+        self.state = TrainState(params, place(self.tx.init(params)),
                                 parallel.replicate(ppo.kl_init(cfg.kl.init_coef), self.mesh))
         self.base_key = jax.random.key(cfg.train.seed)
         self.start = 0
-        self.log(f"loaded models and data in {time.time() - t0:.1f}s: {self.policy.describe()}, {n_train} train prompts, "
-                 f"{self.iterations} iterations of {b}, {n_dev} device(s)")
+        self.log(f"loaded models and {n_train} train prompts in {time.time() - t0:.1f}s")
+        bos = self.tokenizer.bos_token_id
+        if bos is not None and list(self.tokenizer("a")["input_ids"][:1]) == [bos]:  # say it: prompts change
+            self.log(f"the tokenizer puts BOS {self.tokenizer.bos_token!r} (id {bos}) in front of every prompt; "
+                     "it is one of generation.prompt_tokens and part of the decoded prompt the reward reads")
 
     # --- one iteration -------------------------------------------------------------------------
     def batch_prompts(self, m: int):
@@ -134,17 +210,25 @@ class Trainer:
         prompt_ids, prompt_mask, prompt_texts = self.batch_prompts(m)
         k_sample, k_ppo = jax.random.split(jax.random.fold_in(self.base_key, m))
         got = rollout.collect(
-            self.policy, self.state.params, self.ref_params, prompt_ids, prompt_mask, prompt_texts, k_sample,
+            self.policy, self.full_params(), self.ref_params, prompt_ids, prompt_mask, prompt_texts, k_sample,
             reward=self.reward, decode=self.decode, settings=self.settings, mesh=self.mesh,
-            dropout=bool(cfg.generation.rollout_dropout and m > 0))
+            dropout=bool(cfg.generation.rollout_dropout and m > 0), reference=self.reference)
         if not np.all(np.isfinite(got.scores)):
             raise NonFinite(f"the reward model returned non-finite scores at iteration {m}")
+        rows = None if self.reference is None else self.reference.vocab_size
+        if rows is not None and rows < self.policy.vocab_size:  # e.g. GPT-J's 50,400 rows over GPT-2's 50,257
+            top = int(parallel.to_host(got.rollout.input_ids[:, prompt_ids.shape[1]:]).max())
+            if top >= rows:
+                raise NonFinite(f"the policy sampled token id {top} at iteration {m}, beyond the {rows} embedding rows "
+                                f"of --ref-policy {cfg.model.ref_policy}: the reference cannot score it")
         alpha_prime = self.alpha_prime(m)
         t = time.perf_counter()
         beta = self.state.kl_state.beta
         params, opt_state, stats, _ = ppo.ppo_step(
             self.policy, cfg.ppo, self.state.params, self.state.opt_state, got.rollout, beta,
-            np.int32(alpha_prime), k_ppo, tx=self.tx)
+            np.int32(alpha_prime), k_ppo, tx=self.tx, frozen=self.frozen)
+        if self.sharded:  # keep the FSDP layout whatever sharding XLA chose for the step's outputs
+            params, opt_state = parallel.shard_params(params, self.mesh), parallel.shard_params(opt_state, self.mesh)
         stats = {k: float(v) for k, v in parallel.to_host(stats).items()}
         timings = {**got.timings, "time/ppo": time.perf_counter() - t}
         bad = [k for k, v in stats.items() if not math.isfinite(v)]
@@ -176,7 +260,8 @@ class Trainer:
 
     def save(self, ckpt, m_next: int):
         meta = {"iteration": m_next, "data_position": m_next * self.cfg.train.batch_size,
-                "seed": self.cfg.train.seed, "config": config_lib.to_dict(self.cfg)}
+                "seed": self.cfg.train.seed, "config": config_lib.to_dict(self.cfg),
+                "hf_config": hf.config_dict(self.policy) if hf.has_converter(self.policy) else None}  # for export
         try:
             ckpt.save(m_next, self._state_tree(), meta)  # a storage failure is already a CheckpointError line
         except CheckpointError:
@@ -188,8 +273,8 @@ class Trainer:
 
     def restore(self, ckpt):
         tree, meta = ckpt.restore(self._state_tree())
-        self.state = TrainState(parallel.replicate(tree["params"], self.mesh),
-                                parallel.replicate(tree["opt_state"], self.mesh),
+        self.state = TrainState(parallel.place_params(tree["params"], self.mesh, self.sharded),
+                                parallel.place_params(tree["opt_state"], self.mesh, self.sharded),
                                 parallel.replicate(tree["kl"], self.mesh))
         self.start = int(meta["iteration"])
         return meta
@@ -209,8 +294,12 @@ class Trainer:
                 self.log(f"resumed from {ckpt.directory} at iteration {self.start}")
         writer = None
         if lead:
-            writer = tracking.MetricsWriter(self.out, start_iteration=self.start)
-            self.run_dir.record("metrics.jsonl", "tb")
+            writer = tracking.MetricsWriter(self.out, start_iteration=self.start,
+                                            tensorboard="tensorboard" in self.report_to,
+                                            wandb="wandb" in self.report_to, config=config_lib.to_dict(cfg),
+                                            run_name=self.out.name)
+            self.run_dir.record("metrics.jsonl", *(["tb"] * ("tensorboard" in self.report_to)),
+                                *(["wandb"] * ("wandb" in self.report_to)))
         stop = {"signal": None}
 
         def on_signal(signum, _frame):
@@ -219,11 +308,13 @@ class Trainer:
         old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         end = self.iterations if stop_after is None else min(self.iterations, stop_after)
         bar = None
-        if self.progress and lead:
+        name = "RA-RLHF" if cfg.risk.alpha < 1 else "RLHF"
+        live = self.progress and lead and sys.stderr.isatty()
+        if live:  # a live bar on a terminal; plain lines every train.log_every iterations in a log file
             from tqdm import tqdm
 
-            bar = tqdm(total=self.iterations, initial=self.start, desc="RA-RLHF" if cfg.risk.alpha < 1 else "RLHF",
-                       unit="it", dynamic_ncols=True)
+            bar = tqdm(total=self.iterations, initial=self.start, desc=name, unit="it", dynamic_ncols=True)
+        t_start, m_start = time.perf_counter(), self.start
         last = {}
         m = self.start
         try:
@@ -233,7 +324,7 @@ class Trainer:
                 except NonFinite as e:
                     good = ckpt.latest_step()
                     where = (f"the last good checkpoint is iteration {good} in {ckpt.directory}; resume with "
-                             f"bin/train --resume {self.out}") if good is not None else "no checkpoint was written yet"
+                             f"{train_command()} --resume {self.out}") if good is not None else "no checkpoint was written yet"
                     raise NonFinite(f"{e}; stopped, {where}") from None
                 if writer is not None:
                     writer.write(m, metrics)
@@ -244,12 +335,15 @@ class Trainer:
                     self.run_dir.record(path)
                     tracking.write_samples(path, p, r, s, extra)
                 m += 1
+                fields = (f"R {metrics['env/reward_mean']:.3f} CVaR {metrics['env/reward_cvar']:.3f} "
+                          f"KL {metrics['objective/kl']:.3f} β {metrics['objective/kl_coef']:.3f} "
+                          f"α′ {int(metrics['risk/alpha_prime'])}")
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix_str(
-                        f"R {metrics['env/reward_mean']:.3f} CVaR {metrics['env/reward_cvar']:.3f} "
-                        f"KL {metrics['objective/kl']:.3f} β {metrics['objective/kl_coef']:.3f} "
-                        f"α′ {int(metrics['risk/alpha_prime'])}")
+                    bar.set_postfix_str(fields)
+                elif self.progress and lead and (m % cfg.train.log_every == 0 or m == end):
+                    rate = (time.perf_counter() - t_start) / (m - m_start)
+                    self.log(f"{name} {m}/{self.iterations}  {fields}  ({rate:.2f} s/it)")
                 if cfg.train.checkpoint_every and m % cfg.train.checkpoint_every == 0 and m < end:
                     self.save(ckpt, m)
         finally:
@@ -265,8 +359,12 @@ class Trainer:
         return {"iterations_done": m, "finished": m >= self.iterations, "last": last,
                 "interrupted": stop["signal"] is not None, "signal": stop["signal"]}
 
+    def full_params(self):
+        """The policy's whole parameter tree (a LoRA policy: adapters and value head over the frozen base)."""
+        return ppo.with_frozen(self.state.params, self.frozen)
+
     def host_params(self):
-        return parallel.to_host(self.state.params)
+        return parallel.to_host(self.full_params())
 
     def export(self) -> pathlib.Path:
         """The current policy (with value head) in Hugging Face format, plus the tokenizer, as
@@ -275,7 +373,13 @@ class Trainer:
         if not bool(parallel.all_finite(params)):
             raise NonFinite("the policy has non-finite parameters; nothing was exported")
         cfg = self.policy.replace(dtype="float32")
-        return self.run_dir.replace_dir("model", lambda d: hf.save(d, cfg, params, tokenizer=self.tokenizer))
+
+        def build(d):
+            hf.save(d, cfg, params, tokenizer=self.tokenizer)  # a LoRA policy is written merged
+            if getattr(cfg, "lora", None) is not None:  # and its adapters alone, as PEFT loads them
+                peft.save_adapter(pathlib.Path(d) / "adapter", cfg, params, base_model=self.cfg.model.policy)
+
+        return self.run_dir.replace_dir("model", build)
 
     def close(self) -> None:
         """Release the run directory's lock."""

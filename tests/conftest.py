@@ -134,3 +134,33 @@ def train_world(tmp_path_factory):
             tox = 0.9 if rng.random() < 0.25 else 0.1
             f.write(json.dumps({"prompt": {"text": s, "toxicity": tox}, "continuation": {"text": "x"}}) + "\n")
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_lm(tmp_path_factory):
+    """``get(kind) -> (dir, torch model)``: a tiny random Llama (GQA, llama3 rope), Qwen2 (q/k/v bias,
+    tied) or GPT-J (partial rotary) that transformers built and saved, once per session (tests/tiny_lms.py)."""
+    from tiny_lms import make
+
+    root = tmp_path_factory.mktemp("tiny_lms")
+    built = {}
+
+    def get(kind):
+        if kind not in built:
+            built[kind] = (root / kind, make(kind, root / kind))
+        return built[kind]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def jit_lm():
+    """Jitted ``cfg.apply`` (full pass or cached decode) shared by the model-family tests: the config is
+    static, so each family and shape compiles once per session."""
+    import jax
+
+    def run(cfg, params, ids, mask, cache=None):
+        out = cfg.apply(params, ids, mask, cache=cache)
+        return out.logits, out.values, out.cache
+
+    return jax.jit(run, static_argnums=0)

@@ -18,7 +18,7 @@ LAYERS = [
     ("rajax.tasks",),
     ("rajax.evaluation",),
     ("rajax.trainer", "rajax.study"),
-    ("rajax.cli",),
+    ("rajax.cli", "rajax.__main__"),
 ]
 
 

@@ -23,6 +23,7 @@ from rajax.cli import evaluate as cli_evaluate
 from rajax.cli import sft as cli_sft
 from rajax.cli import study as cli_study
 from rajax.cli import train as cli_train
+from rajax.core.errors import train_command
 from rajax.io import hf, hf_bert
 from rajax.io.checkpoint import Checkpointer
 
@@ -83,9 +84,15 @@ def broken(train_world, tmp_path_factory):
     params = jax.tree.map(np.asarray, params)
     params["wte"]["embedding"] = np.full_like(params["wte"]["embedding"], np.nan)
     hf.save(root / "nan_policy", cfg, params, tokenizer=tok)
-    # A reference with another vocabulary size (the tokenizer still fits it).
-    other = gpt2.GPT2Config(vocab_size=cfg.vocab_size + 16, n_positions=64, n_embd=32, n_layer=2, n_head=2)
-    hf.save(root / "other_vocab", other, gpt2.init(other, jax.random.key(3)), tokenizer=tok)
+    # A reference with fewer embedding rows than the policy's tokenizer has tokens.
+    other = gpt2.GPT2Config(vocab_size=cfg.vocab_size - 16, n_positions=64, n_embd=32, n_layer=2, n_head=2)
+    hf.save(root / "small_vocab", other, gpt2.init(other, jax.random.key(3)))
+    # A reference whose tokenizer gives other ids (trained on other text).
+    from tiny import bpe_tokenizer
+
+    alien = bpe_tokenizer(["zebra quantum xylophone jazz " * 3, "pfft brrr grrr hmm " * 3], vocab_size=280)
+    hf.save(root / "alien_tok", cfg, params | {"wte": {"embedding": np.zeros_like(params["wte"]["embedding"])}},
+            tokenizer=alien)
     # A reward model whose weights are NaN, and one whose tokenizer is larger than its embedding.
     bcfg, bparams, labels, btok = hf_bert.load_classifier(str(train_world / "reward"))
     nan_b = jax.tree.map(lambda x: np.full_like(np.asarray(x), np.nan), bparams)
@@ -147,7 +154,8 @@ def test_train_bad_paths_and_files(train_world, broken, tmp_path, capfd):
         ("truncated model.safetensors", ["--policy", b / "truncated"], "model.safetensors is unreadable"),
         ("policy without config.json", ["--policy", b / "noconfig"], "no config.json"),
         ("tokenizer larger than the embedding", ["--tokenizer", b / "big_tok"], "embedding rows"),
-        ("reference with another vocabulary", ["--ref-policy", b / "other_vocab"], "one vocabulary"),
+        ("reference smaller than the tokenizer", ["--ref-policy", b / "small_vocab"], "embedding rows"),
+        ("reference whose tokenizer gives other ids", ["--ref-policy", b / "alien_tok"], "the same token ids"),
         ("policy with NaN weights", ["--policy", b / "nan_policy"], "non-finite parameters"),
         ("missing reward model", ["--reward-model", tmp_path / "no-reward"], "no such file or directory"),
         ("reward tokenizer larger than its embedding", ["--reward-model", b / "reward_big_tok"], "embedding rows"),
@@ -288,9 +296,9 @@ def test_signals_checkpoint_and_exit(train_world, tmp_path, sig, code):
     o, e = proc.communicate(timeout=240)
     assert proc.returncode == code and "Traceback" not in e, e[-2000:]
     done = len((out / "metrics.jsonl").read_text().splitlines())
-    assert Checkpointer(out / "checkpoints").latest_step() == done and f"bin/train --resume {out}" in o
+    assert Checkpointer(out / "checkpoints").latest_step() == done and f"{train_command()} --resume {out}" in o
     TABLE.append((f"train: {signal.Signals(sig).name} during a run", code, "(stdout) stopped by signal ...; continue "
-                                                                            "with: bin/train --resume DIR"))
+                                                                            "with: rajax train --resume DIR"))
 
 
 def _tmpfs(path: pathlib.Path, size: str) -> bool:

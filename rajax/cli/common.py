@@ -10,7 +10,12 @@ import signal
 import sys
 from typing import Callable
 
-from rajax.core.errors import UserError, one_line
+import jax
+
+from rajax import __version__
+from rajax.core.errors import InvalidInput, UserError, one_line
+
+REPORT_TARGETS = ("tensorboard", "wandb", "none")
 
 EXIT_USAGE = 2
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal number, the shell convention
@@ -34,3 +39,21 @@ def guard(body: Callable[[], int]) -> int:
 
 def exit_code_for(signum) -> int:
     return EXIT_SIGNAL.get(signum, 128 + int(signum))
+
+
+def runtime_line() -> str:
+    """Which JAX runs, on what: the platform, the device kinds and their count (all hosts)."""
+    devs = jax.devices()
+    kinds = sorted({d.device_kind for d in devs})
+    procs = f", {jax.process_count()} processes" if jax.process_count() > 1 else ""
+    return (f"rajax {__version__} · JAX {jax.__version__} on {devs[0].platform}: {len(devs)} device(s) "
+            f"({', '.join(kinds)}){procs}")
+
+
+def report_targets(text: str) -> tuple[str, ...]:
+    """``--report-to`` as a tuple of targets; ``none`` alone means metrics.jsonl only."""
+    got = tuple(t.strip() for t in (text or "none").split(",") if t.strip())
+    bad = [t for t in got if t not in REPORT_TARGETS]
+    if bad or ("none" in got and len(got) > 1):
+        raise InvalidInput(f"--report-to {text!r}: choose tensorboard, wandb or none (comma-separated)")
+    return tuple(t for t in got if t != "none")

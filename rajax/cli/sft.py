@@ -15,7 +15,7 @@ import jax
 
 from rajax import config as config_lib
 from rajax import tasks
-from rajax.cli import common
+from rajax.cli import common, options
 from rajax.core import parallel
 from rajax.core.errors import InvalidInput, NonFinite
 from rajax.io import hf
@@ -103,33 +103,46 @@ def run_sft(
     return out
 
 
-def _parser():
-    p = argparse.ArgumentParser(prog="bin/sft", description="Supervised fine-tuning of a causal LM on a task's "
-                                "texts (the paper's SFT step); saves an HF-format checkpoint.")
+# --lr, --seed and --batch-size are SFT's own here (its optimiser and its shuffle), not the PPO run's.
+SFT_ALIASES = {k: v for k, v in options.ALIASES.items() if k not in ("--lr", "--seed", "--batch-size")}
+
+
+def _parser(argv=()):
+    preset = options.preset_for(list(argv))
+    p = argparse.ArgumentParser(prog="rajax sft", allow_abbrev=False,
+                                description="Supervised fine-tuning of a causal LM on a task's texts (the paper's "
+                                            "SFT step); saves an HF-format checkpoint.")
     p.add_argument("--task", required=True, help=f"{' | '.join(config_lib.list_presets())}, or a config YAML")
-    p.add_argument("--policy", default=None, help="initial model: hub id or local dir (default: the task's model.policy)")
-    p.add_argument("--data", default=None, help="local data file/dir (sets data.path)")
     p.add_argument("--out", default=None, help="output dir (default: runs/sft-<task>)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--config", default=None, help="a user YAML applied over the task preset")
+    p.add_argument("--epochs", type=int, default=10, help="passes over the SFT texts")
+    p.add_argument("--lr", type=float, default=1e-5, help="peak learning rate (linear decay to 0)")
     p.add_argument("--batch", type=int, default=1024, help="effective batch (micro-batch x accumulation)")
-    p.add_argument("--micro-batch", type=int, default=64)
+    p.add_argument("--micro-batch", type=int, default=64, help="texts per forward/backward pass")
     p.add_argument("--max-tokens", type=int, default=64, help="right-truncate each text to this many tokens")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="shuffle, dropout and value-head seed")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. data.source=file (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier SFT's files in a non-empty --out")
     p.add_argument("--no-progress", action="store_true")
+    options.add_config_flags(p, preset, aliases=SFT_ALIASES)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parser(argv).parse_args(argv)
     out = args.out or f"runs/sft-{str(args.task).replace('/', '_').removesuffix('.yaml')}"
-    return common.guard(lambda: run_sft(
-        args.task, policy=args.policy, out=out, data=args.data, epochs=args.epochs, lr=args.lr, batch=args.batch,
-        micro_batch=args.micro_batch, max_tokens=args.max_tokens, seed=args.seed, overrides=args.set,
-        progress=not args.no_progress, overwrite=args.overwrite) and 0)
+
+    def body():
+        over = list(args.set) + options.overrides(args)
+        options.check_choices(over)
+        cfg = config_lib.load_config(args.task, args.config, over)
+        run_sft(cfg, out=out, epochs=args.epochs, lr=args.lr, batch=args.batch, micro_batch=args.micro_batch,
+                max_tokens=args.max_tokens, seed=args.seed, progress=not args.no_progress, overwrite=args.overwrite)
+        return 0
+
+    return common.guard(body)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import sys
 
 from rajax import study, tasks
 from rajax.cli import common, train
-from rajax.core.errors import InvalidInput
+from rajax.core.errors import InvalidInput, train_command
 
 # bin/train flags that would give the two arms different settings (or clash with the study's own).
 ARM_FLAGS = ("--alpha", "--risk", "--seed", "--out", "--resume", "--overwrite", "--task")
@@ -60,7 +60,7 @@ def _main(args) -> int:
             run = out / f"{method}-s{seed}"
             argv_ = ["--task", args.task, "--seed", str(seed), "--out", str(run), "--quiet", *flags,
                      *args.train_args]
-            print(f"== {method} seed {seed}: bin/train {' '.join(argv_)}", flush=True)
+            print(f"== {method} seed {seed}: {train_command()} {' '.join(argv_)}", flush=True)
             rc = train.main(argv_)
             if rc != 0:
                 common.error_line(f"the {method} run for seed {seed} failed (exit {rc}); see above")

@@ -6,6 +6,8 @@ exception it refines, so library code that catches ``ValueError`` or ``OSError``
 """
 from __future__ import annotations
 
+import os
+
 
 class UserError(Exception):
     """A mistake in a flag, a file, a config value or the environment, explained in one line."""
@@ -29,6 +31,12 @@ class CheckpointError(UserError, OSError):
 
 class NonFinite(UserError, ArithmeticError):
     """A non-finite reward, loss, parameter or metric: the run stops without saving it."""
+
+
+def train_command() -> str:
+    """How the user starts training, for hints in messages: ``bin/train`` from a clone (its wrappers
+    set RAJAX_TRAIN_COMMAND), else the console script ``rajax train``."""
+    return os.environ.get("RAJAX_TRAIN_COMMAND", "rajax train")
 
 
 def one_line(e: BaseException) -> str:

@@ -1,7 +1,8 @@
 """Data parallelism: a 1-D ``data`` mesh, and moving pytrees between the host and the mesh.
 
-The batch axis is sharded over the mesh and parameters/optimizer state are replicated, with
-``NamedSharding`` on an Auto-typed mesh. A jitted step is then one program that GSPMD partitions:
+The batch axis is sharded over the mesh and parameters/optimizer state are replicated, or, for
+models that do not fit replicated, sharded FSDP-style (``shard_params``), with ``NamedSharding`` on an
+Auto-typed mesh. A jitted step is then one program that GSPMD partitions:
 loss means, gradients and the sort behind the CVaR quantile are global, so a result matches a
 single-device run up to float reduction order. After ``jax.distributed.initialize`` the mesh spans
 every host's devices and the same functions place and gather multi-host arrays.
@@ -64,6 +65,47 @@ def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
     """Put every array of ``tree`` on every device of ``mesh`` (params, optimizer state)."""
     sharding = NamedSharding(mesh, PartitionSpec())
     return jax.tree.map(lambda x: _put(x, sharding), tree)
+
+
+# Arrays smaller than this stay replicated when parameters are sharded: gathering a LayerNorm scale
+# costs more in latency than its copy costs in memory.
+SHARD_MIN_SIZE = 1024
+
+
+def param_spec(shape, n: int, min_size: int = SHARD_MIN_SIZE) -> PartitionSpec:
+    """FSDP-style placement of one parameter over ``n`` devices: its largest axis that ``n`` divides is
+    split over ``data`` (the first such axis on ties); small or indivisible arrays are replicated."""
+    if n == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+        return PartitionSpec()
+    axes = [i for i, d in enumerate(shape) if d % n == 0]
+    if not axes:
+        return PartitionSpec()
+    best = max(axes, key=lambda i: (shape[i], -i))
+    return PartitionSpec(*[("data" if i == best else None) for i in range(len(shape))])
+
+
+def param_shardings(tree: Any, mesh: jax.sharding.Mesh, min_size: int = SHARD_MIN_SIZE) -> Any:
+    """The ``NamedSharding`` of every array of ``tree`` under :func:`param_spec`."""
+    n = mesh.shape["data"]
+    return jax.tree.map(lambda x: NamedSharding(mesh, param_spec(np.shape(x), n, min_size)), tree)
+
+
+def shard_params(tree: Any, mesh: jax.sharding.Mesh, min_size: int = SHARD_MIN_SIZE) -> Any:
+    """Put parameters (or optimizer state, whose moments have the parameters' shapes) on ``mesh``
+    sharded FSDP-style (:func:`param_spec`): each device holds 1/n of every large array, and the
+    jitted steps all-gather what a layer needs (GSPMD inserts the collectives). Works multi-host like
+    :func:`replicate`: every process passes the same full array and keeps its shards."""
+    def put(x, s):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable and x.sharding != s:
+            return jax.device_put(x, s)  # a multi-host array in another layout: reshard on device
+        return _put(x, s)
+
+    return jax.tree.map(put, tree, param_shardings(tree, mesh, min_size))
+
+
+def place_params(tree: Any, mesh: jax.sharding.Mesh, sharded: bool) -> Any:
+    """:func:`shard_params` when ``sharded``, else :func:`replicate`."""
+    return shard_params(tree, mesh) if sharded else replicate(tree, mesh)
 
 
 def to_host(tree: Any) -> Any:

@@ -39,21 +39,21 @@ class PPOConfig:
     Frozen and hashable: it is a static argument of the jitted ``ppo_step``.
     """
 
-    learning_rate: float = 1.41e-5
-    ppo_epochs: int = 4
+    learning_rate: float = 1.41e-5  # Adam step size (the default optimizer)
+    ppo_epochs: int = 4  # passes over each batch
     mini_batch_size: int = 128  # = batch size: one full-batch minibatch per epoch (4 Adam steps)
-    gamma: float = 1.0
-    lam: float = 0.95
-    cliprange: float = 0.2
-    cliprange_value: float = 0.2
-    vf_coef: float = 0.1
-    ratio_threshold: float = 10.0
-    max_grad_norm: float | None = None
+    gamma: float = 1.0  # discount
+    lam: float = 0.95  # GAE lambda
+    cliprange: float = 0.2  # policy ratio clip
+    cliprange_value: float = 0.2  # value clip around the old values
+    vf_coef: float = 0.1  # weight of the value loss
+    ratio_threshold: float = 10.0  # skip a minibatch whose mean ratio exceeds this (TRL)
+    max_grad_norm: float | None = None  # global-norm gradient clipping (None = off, the original code)
     kl_penalty: str = "kl"  # "kl" | "abs" | "mse" | "full"
-    whiten_advantages: bool = True
-    adam_b1: float = 0.9
-    adam_b2: float = 0.999
-    adam_eps: float = 1e-8
+    whiten_advantages: bool = True  # whiten advantages over the kept tokens
+    adam_b1: float = 0.9  # Adam beta1
+    adam_b2: float = 0.999  # Adam beta2
+    adam_eps: float = 1e-8  # Adam epsilon
     risk_stat: str = "gae_return"  # "gae_return" (code) | "mc_return" (paper text) | "env_score"
     kl_stat: str = "diluted"  # "diluted" (code) | "kept_mean" (paper Eq. 12) | "all"
     risk_measure: str = "cvar"  # "cvar" (code: 0/1 mask) | "cvar_pg" (paper Eq. 7 weights)
@@ -284,7 +284,22 @@ def kl_statistic(kl_BxN: jax.Array, rmask_BxN: jax.Array, mask_BxN: jax.Array, k
 # --------------------------------------------------------------------------------------------
 # the step
 # --------------------------------------------------------------------------------------------
-def _ppo_step(policy, cfg: PPOConfig, tx, params, opt_state, rollout: Rollout, beta, alpha_prime, key):
+def with_frozen(params, frozen):
+    """The whole parameter tree of a policy trained on a subset: ``frozen`` (e.g. LoRA base weights)
+    with ``params`` (the trainable subtrees) merged in, key by key. Only references are combined: no
+    array is copied, so under jit the frozen weights stay one buffer."""
+    if frozen is None:
+        return params
+    if not isinstance(params, dict) or not isinstance(frozen, dict):
+        raise InvalidInput("with_frozen merges nested dicts of parameters")
+    out = dict(frozen)
+    for k, v in params.items():
+        out[k] = with_frozen(v, frozen[k]) if isinstance(v, dict) and isinstance(frozen.get(k), dict) else v
+    return out
+
+
+def _ppo_step(policy, cfg: PPOConfig, tx, params, opt_state, rollout: Rollout, beta, alpha_prime, key,
+              frozen=None):
     b, n = rollout.mask.shape
     p = rollout.input_ids.shape[1] - n
     mask = rollout.mask.astype(jnp.float32)
@@ -317,7 +332,8 @@ def _ppo_step(policy, cfg: PPOConfig, tx, params, opt_state, rollout: Rollout, b
     nmb = b // mbs
 
     def loss_fn(params_, mb):
-        logp, vpred, ent = policy.forward(params_, mb["ids"], mb["am"], p)
+        # Gradients w.r.t. the trainable tree only; frozen weights enter as constants of the pass.
+        logp, vpred, ent = policy.forward(with_frozen(params_, frozen), mb["ids"], mb["am"], p)
         return ppo_loss(cfg, logp, ent, vpred, mb["old_logp"], mb["old_values"], mb["adv"], mb["returns"],
                         mb["rmask"])
 
@@ -370,7 +386,7 @@ _ppo_step_jit = jax.jit(_ppo_step, static_argnums=(0, 1, 2), donate_argnums=(3, 
 
 
 def ppo_step(policy, ppo_cfg: PPOConfig, params, opt_state, rollout: Rollout, beta, alpha_prime, key, *,
-             tx: optax.GradientTransformation | None = None):
+             tx: optax.GradientTransformation | None = None, frozen=None):
     """One RA-RLHF iteration's PPO update (jitted; params and opt_state are DONATED).
 
     rewards → GAE → episode statistic → CVaR keep mask (k = ``alpha_prime``, traced, so a new α′ does
@@ -380,6 +396,9 @@ def ppo_step(policy, ppo_cfg: PPOConfig, params, opt_state, rollout: Rollout, be
     is the optimizer (any optax transformation; ``opt_state`` must come from its ``init``); the
     default is ``default_optimizer(ppo_cfg)``, Adam as the original code. Pass the same ``tx``
     object every step: it is a static argument, so a new one recompiles.
+    ``frozen`` (default None: every parameter trains) is a tree of weights that are read but not
+    trained nor donated, e.g. a LoRA policy's base weights: ``params`` is then the trainable subset
+    (adapters and value head) and ``policy.forward`` sees ``with_frozen(params, frozen)``.
     Returns ``(params, opt_state, stats: dict[str, f32 scalar], keep_B)``.
     """
     if ppo_cfg.kl_penalty == "full":
@@ -404,4 +423,4 @@ def ppo_step(policy, ppo_cfg: PPOConfig, params, opt_state, rollout: Rollout, be
     # Fixed dtypes (not weak Python scalars) so a float/array beta or an int/np alpha' hit one cache entry.
     tx = default_optimizer(ppo_cfg) if tx is None else tx
     return _ppo_step_jit(policy, ppo_cfg, tx, params, opt_state, rollout, jnp.asarray(beta, jnp.float32),
-                         jnp.asarray(alpha_prime, jnp.int32), key)
+                         jnp.asarray(alpha_prime, jnp.int32), key, frozen)

@@ -174,6 +174,27 @@ def sample(
     return Sample(final["tokens"], final["mask"], final["logprobs"])
 
 
+@jax.jit
+def tail_tokens(prompt_ids, prompt_mask, s: Sample) -> Sample:
+    """The original GPT-J scripts' response, ``generate(...)[-N:]`` (docs/paper.md quirk #20): the last
+    N = max_new_tokens tokens of each row's real prompt + response, so a response that stopped after
+    L < N tokens takes the prompt's last N - L tokens in front of it. Left-aligned, mask 1 on every
+    token (0 only when prompt + response has fewer than N tokens); ``logprobs`` are those of the same
+    tokens where they were sampled, 0 elsewhere (the PPO passes recompute every log-prob anyway)."""
+    b, p = prompt_ids.shape
+    n = s.tokens.shape[1]
+    ids = jnp.concatenate([prompt_ids, s.tokens], axis=1)
+    lp = jnp.concatenate([jnp.zeros((b, p), jnp.float32), s.logprobs], axis=1)
+    n_gen = s.mask.sum(-1)
+    start = jnp.maximum(p + n_gen - n, p - prompt_mask.sum(-1))  # first real token when the row is short
+    idx = jnp.clip(start[:, None] + jnp.arange(n)[None], 0, p + n - 1)
+    valid = (start[:, None] + jnp.arange(n)[None]) < (p + n_gen)[:, None]
+    pad = s.tokens[:, -1:]  # any pad id: masked
+    tokens = jnp.where(valid, jnp.take_along_axis(ids, idx, axis=1), pad).astype(jnp.int32)
+    logprobs = jnp.where(valid, jnp.take_along_axis(lp, idx, axis=1), 0.0)
+    return Sample(tokens, valid.astype(jnp.int32), logprobs)
+
+
 def sequences(prompt_ids, prompt_mask, s: Sample):
     """[prompt | response] ids and attention mask, as the PPO passes consume them."""
     ids = jnp.concatenate([prompt_ids, s.tokens], axis=1)
@@ -222,6 +243,7 @@ class SampleSettings:
     top_k: int = 0
     top_p: float = 1.0
     temperature: float = 1.0
+    tail_slice: bool = False  # responses = tail_tokens(...) (the GPT-J scripts' slicing, quirk #20)
 
     def sample(self, policy: Policy, params, prompt_ids, prompt_mask_host, key, *, prompt_mask=None,
                dropout: bool = False) -> Sample:
@@ -249,11 +271,18 @@ class Rollout(NamedTuple):
     scores: jax.Array  # [B] reward-model scores
 
 
-@functools.partial(jax.jit, static_argnames=("policy", "prompt_width"))
-def policy_and_reference(policy: Policy, params, ref_params, input_ids, attention_mask, *, prompt_width: int):
-    """Old-policy log-probs and values, and reference log-probs: both eval mode (quirk #11), one jit."""
+@functools.partial(jax.jit, static_argnames=("policy", "prompt_width", "reference"))
+def policy_and_reference(policy: Policy, params, ref_params, input_ids, attention_mask, *, prompt_width: int,
+                         reference: Policy | None = None):
+    """Old-policy log-probs and values, and reference log-probs: both eval mode (quirk #11), one jit.
+
+    ``reference`` is the reference's model handle when it is not ``policy`` (another family or size
+    with the same token ids); the KL is always taken on the policy's sampled ids. ``ref_params=None``
+    makes the reference read ``params`` itself, e.g. a LoRA policy whose reference is its base with
+    adapters off: one copy of the weights."""
     logp, values = policy.forward(params, input_ids, attention_mask, prompt_width)[:2]
-    ref_logp = policy.forward(ref_params, input_ids, attention_mask, prompt_width)[0]
+    ref = policy if reference is None else reference
+    ref_logp = ref.forward(params if ref_params is None else ref_params, input_ids, attention_mask, prompt_width)[0]
     return logp, values, ref_logp
 
 
@@ -270,7 +299,8 @@ class Collected(NamedTuple):
 def collect(policy: Policy, params, ref_params, prompt_ids: np.ndarray, prompt_mask: np.ndarray,
             prompt_texts: Sequence[str], key: jax.Array, *, reward: Callable[[Sequence[str], Sequence[str]], Any],
             decode: Callable[[list[np.ndarray]], list[str]], settings: SampleSettings,
-            mesh: jax.sharding.Mesh, dropout: bool = False, overlap: bool = True) -> Collected:
+            mesh: jax.sharding.Mesh, dropout: bool = False, overlap: bool = True,
+            reference: Policy | None = None) -> Collected:
     """Sample a batch, score it and run both passes: one iteration's rollout (docs/paper.md §1.2).
 
     ``prompt_ids``/``prompt_mask`` are host arrays [B, P] (left-padded), ``prompt_texts`` their decoded
@@ -280,18 +310,22 @@ def collect(policy: Policy, params, ref_params, prompt_ids: np.ndarray, prompt_m
     With ``overlap`` the policy/reference passes are dispatched before the host decodes and scores:
     JAX runs them asynchronously, so the device computes them while the host tokenises, and
     ``time/forward_wait`` is what the overlap did not hide. ``overlap=False`` waits for each phase
-    (``time/forward`` is then the passes alone), for benchmarks that compare phases.
+    (``time/forward`` is then the passes alone), for benchmarks that compare phases. ``reference``
+    and ``ref_params=None``: see ``policy_and_reference``.
     """
     t = time.perf_counter()
     timings = {}
     ids_d, mask_d = parallel.shard_batch((prompt_ids, prompt_mask), mesh)
     s = settings.sample(policy, params, ids_d, prompt_mask, key, prompt_mask=mask_d, dropout=dropout)
+    if settings.tail_slice:
+        s = tail_tokens(ids_d, mask_d, s)
     input_ids, attn = sequences(ids_d, mask_d, s)
     if not overlap:
         jax.block_until_ready(s)
         timings["time/sampling"] = time.perf_counter() - t
         t = time.perf_counter()
-    passes = policy_and_reference(policy, params, ref_params, input_ids, attn, prompt_width=prompt_ids.shape[1])
+    passes = policy_and_reference(policy, params, ref_params, input_ids, attn, prompt_width=prompt_ids.shape[1],
+                                  reference=reference)
     if not overlap:
         jax.block_until_ready(passes)
         timings["time/forward"] = time.perf_counter() - t

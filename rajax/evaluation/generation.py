@@ -65,7 +65,7 @@ def generate(policy, params, tokenizer, prompt_set, *, settings: rollout.SampleS
     if progress:
         from tqdm.auto import tqdm
 
-        starts = tqdm(starts, desc=desc, unit="batch", dynamic_ncols=True)
+        starts = tqdm(starts, desc=desc, unit="batch", dynamic_ncols=True, disable=None)  # off without a terminal
     for b, start in enumerate(starts):
         rows = np.arange(start, min(start + bs, n))
         take = np.concatenate([rows, np.full(bs - len(rows), rows[-1])])
@@ -80,17 +80,20 @@ def generate(policy, params, tokenizer, prompt_set, *, settings: rollout.SampleS
     return responses
 
 
-@functools.partial(jax.jit, static_argnames=("policy",))
-def _kl_sums(policy, params, ref_params, ids, mask, toks, rmask):
+@functools.partial(jax.jit, static_argnames=("policy", "reference"))
+def _kl_sums(policy, params, ref_params, ids, mask, toks, rmask, reference=None):
     seq = jnp.concatenate([ids, toks], axis=1)
     attn = jnp.concatenate([mask, rmask], axis=1)
     logp, _, ref_logp = rollout.policy_and_reference(policy, params, ref_params, seq, attn,
-                                                     prompt_width=ids.shape[1])
+                                                     prompt_width=ids.shape[1], reference=reference)
     return ((logp - ref_logp) * rmask).sum(-1)
 
 
-def kl_sums(policy, params, ref_params, prompt_ids, prompt_mask, tokens, response_mask, *, batch_size: int):
-    """Σ_t (log π − log π_ref) over each response's tokens (the KL part of R̄, docs/paper.md §4.1)."""
+def kl_sums(policy, params, ref_params, prompt_ids, prompt_mask, tokens, response_mask, *, batch_size: int,
+            reference=None):
+    """Σ_t (log π − log π_ref) over each response's tokens (the KL part of R̄, docs/paper.md §4.1).
+
+    ``reference`` is the reference's model handle when it is another family or size than ``policy``."""
     n = len(tokens)
     bs = max(1, min(batch_size, n))
     out = []
@@ -98,5 +101,5 @@ def kl_sums(policy, params, ref_params, prompt_ids, prompt_mask, tokens, respons
         rows = np.arange(start, min(start + bs, n))
         take = np.concatenate([rows, np.full(bs - len(rows), rows[-1])])  # one shape, one compile
         out.append(np.asarray(_kl_sums(policy, params, ref_params, prompt_ids[take], prompt_mask[take],
-                                       tokens[take], response_mask[take]))[:len(rows)])
+                                       tokens[take], response_mask[take], reference))[:len(rows)])
     return np.concatenate(out).astype(np.float64)

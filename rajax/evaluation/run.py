@@ -23,12 +23,15 @@ from rajax.evaluation import report
 from rajax.evaluation.generation import _get, generate, kl_sums, prompt_arrays
 from rajax.evaluation.metrics import cvar, tail_mean
 from rajax.evaluation.perplexity import PPL_MAX_BATCH, perplexities
-from rajax.io import hf
+from rajax.io import export, hf
 from rajax.io.tokenizer import check_fits, load_tokenizer
 
 
 def _load_policy(spec, name: str, dtype: str | None = None):
-    if isinstance(spec, (str, os.PathLike)):
+    if isinstance(spec, (str, os.PathLike)) and export.is_checkpoint(spec):
+        mcfg, params = export.policy_from_checkpoint(spec, what=f"--policy {name}")
+        mcfg = mcfg.replace(dtype=dtype) if dtype else mcfg
+    elif isinstance(spec, (str, os.PathLike)):
         mcfg, params = hf.load(str(spec), dtype=dtype or "float32", what=f"--policy {name}")
     elif isinstance(spec, tuple) and len(spec) == 2:
         mcfg, params = spec
@@ -115,7 +118,8 @@ def evaluate(cfg, policies: Mapping[str, Any], out_dir: str, *, reward=None, tok
         if cfg.model.tokenizer:
             tok_src, what = cfg.model.tokenizer, "--tokenizer"
         elif isinstance(first, (str, os.PathLike)):
-            tok_src, what = str(first), f"--policy {first_name}"
+            tok_src = export.tokenizer_source(first) if export.is_checkpoint(first) else str(first)
+            what = f"--policy {first_name}"
         else:
             tok_src, what = cfg.model.policy, "model.policy (its tokenizer; or pass --tokenizer)"
         tokenizer = load_tokenizer(tok_src, padding_side="left", what=what)
@@ -169,9 +173,9 @@ def evaluate(cfg, policies: Mapping[str, Any], out_dir: str, *, reward=None, tok
     returns_by: dict[str, np.ndarray] = {}
     for i, (name, spec) in enumerate(policies.items()):
         mcfg, params = (ref_cfg, ref_params) if name == ref else _load_policy(spec, name, cfg.model.dtype)
-        if mcfg.vocab_size != ref_cfg.vocab_size:
-            raise InvalidInput(f"policy {name!r} has {mcfg.vocab_size} embedding rows but the KL reference {ref!r} "
-                               f"has {ref_cfg.vocab_size}; R̄ needs one vocabulary")
+        check_fits(tokenizer, mcfg.vocab_size, tokenizer_name=tok_src, model_name=str(spec)
+                   if isinstance(spec, (str, os.PathLike)) else f"({name})", tokenizer_flag=what,
+                   model_flag=f"policy {name!r}")
         params = jax.tree.map(jnp.asarray, params)
         resp, toks, rmask = generate(
             mcfg, params, tokenizer, test, settings=settings, batch_size=ev.batch_size,
@@ -181,8 +185,12 @@ def evaluate(cfg, policies: Mapping[str, Any], out_dir: str, *, reward=None, tok
         rewards_by[name] = r
         table[f"response_{name}"] = resp
         table[f"reward_{name}"] = r
+        if int(toks[rmask > 0].max(initial=0)) >= ref_cfg.vocab_size:  # e.g. GPT-J's 50,400 rows over GPT-2's
+            raise InvalidInput(f"policy {name!r} sampled token id {int(toks[rmask > 0].max())}, beyond the KL "
+                               f"reference {ref!r}'s {ref_cfg.vocab_size} rows; evaluate with a reference of "
+                               "the same vocabulary (--ref NAME)")
         r_bar = r - beta * kl_sums(mcfg, params, ref_params, prompt_ids, prompt_mask, toks, rmask,
-                                   batch_size=ev.batch_size)
+                                   batch_size=ev.batch_size, reference=None if mcfg == ref_cfg else ref_cfg)
         returns_by[name] = r_bar
         table[f"R_bar_{name}"] = r_bar
         m = {

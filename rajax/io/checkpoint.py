@@ -80,6 +80,13 @@ def _stderr_aside():
                 sys.stderr.write(text)
 
 
+def _int_keys(tree):
+    """Orbax stores dict keys as strings; the layer dicts of our params have int keys."""
+    if isinstance(tree, dict):
+        return {(int(k) if isinstance(k, str) and k.isdigit() else k): _int_keys(v) for k, v in tree.items()}
+    return tree
+
+
 def _storage_reason(e: BaseException) -> str | None:
     """The storage problem behind ``e`` (an OSError, or tensorstore's ValueError wrapping one), or None."""
     if isinstance(e, OSError) and not isinstance(e, CheckpointError):
@@ -188,6 +195,14 @@ class Checkpointer:
                 self._mngr = self._manager()
         raise CheckpointError(f"no readable checkpoint in {self.directory} (the unreadable ones were moved to "
                               "<step>.unreadable); start a new run or restore one by hand")
+
+    def restore_raw(self, step: int) -> tuple[dict, dict]:
+        """Checkpoint ``step`` as saved, without a target structure: ``(state as nested dicts, meta)``.
+        Integer keys (a model's layer indices) come back as ints."""
+        with _stderr_aside(), _quiet_orbax():
+            r = self._mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                                 meta=ocp.args.JsonRestore()))
+        return _int_keys(r.state), dict(r.meta)
 
     def read_meta(self, step: int | None = None) -> dict:
         step = self.latest_step() if step is None else step

@@ -22,12 +22,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from rajax.core.errors import InvalidInput
-from rajax.io import hf_gpt2, hub
+from rajax.io import hf_gpt2, hf_gptj, hf_llama, hub
+from rajax.models import lora
 from rajax.models.base import init_value_head
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 _VHEAD_W, _VHEAD_B = "v_head.summary.weight", "v_head.summary.bias"
-CONVERTERS = (hf_gpt2,)  # each: MODEL_TYPES, CONFIG, config_from_hf/to_hf, params_from/state_dict_from
+CONVERTERS = (hf_gpt2, hf_llama, hf_gptj)  # each: MODEL_TYPES, CONFIG, config_from_hf/to_hf, params_from/state_dict_from
 
 
 def _converter_for_type(model_type: str):
@@ -76,11 +77,26 @@ def from_state_dict(cfg, sd: dict, *, value_head_seed: int = 0) -> dict:
 
 def to_state_dict(cfg, params, *, value_head: bool = False) -> dict[str, np.ndarray]:
     """Params -> the transformers state dict of ``cfg``'s family (float32 NumPy); ``value_head``
-    adds TRL's ``v_head.summary.*`` keys."""
+    adds TRL's ``v_head.summary.*`` keys. LoRA adapters are merged into their weights first."""
+    cfg, params = lora.merge(cfg, params)
     sd = _converter_for_config(cfg).state_dict_from_params(cfg, params)
     if value_head:
         sd.update(value_head_to_hf(params["v_head"]))
     return sd
+
+
+def has_converter(cfg) -> bool:
+    return any(isinstance(cfg, c.CONFIG) for c in CONVERTERS)
+
+
+def config_dict(cfg) -> dict:
+    """The transformers ``config.json`` of a model handle (what ``save`` writes)."""
+    return _converter_for_config(cfg).config_to_hf(cfg)
+
+
+def config_from_dict(raw: dict, *, dtype: str = "float32"):
+    """A model handle from a transformers ``config.json`` dict (the family from its ``model_type``)."""
+    return _converter_for_type(raw.get("model_type", "gpt2")).config_from_hf(raw, dtype=dtype)
 
 
 def load(name_or_path, *, value_head_seed: int = 0, dtype: str = "float32", what: str | None = None):
@@ -123,14 +139,17 @@ def _dir_mode() -> int:
 
 
 def save(path, cfg, params, tokenizer=None) -> pathlib.Path:
-    """Write a transformers-loadable directory (+ ``value_head.safetensors``, + tokenizer).
+    """Write a directory that transformers and TRL load (+ ``value_head.safetensors``, + tokenizer).
 
-    ``config.json``, ``model.safetensors`` (float32) and ``value_head.safetensors`` (TRL layout) and, if
-    ``tokenizer`` is given, its files. Written to a temporary sibling directory and renamed into
+    ``config.json``, ``model.safetensors`` (float32, with the value head under TRL's
+    ``v_head.summary.*`` keys) and ``value_head.safetensors`` (the same head alone) and, if
+    ``tokenizer`` is given, its files. A LoRA policy is written merged (W + s·A@B; the adapters
+    alone: ``rajax.io.peft.save_adapter``). Written to a temporary sibling directory and renamed into
     place, so a crash never leaves a half-written checkpoint at ``path``.
     """
     from safetensors.numpy import save_file
 
+    cfg, params = lora.merge(cfg, params)
     conv = _converter_for_config(cfg)
     path = pathlib.Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,7 +158,9 @@ def save(path, cfg, params, tokenizer=None) -> pathlib.Path:
     try:
         (tmp / "config.json").write_text(json.dumps(conv.config_to_hf(cfg), indent=2) + "\n")
         # transformers refuses safetensors files without format metadata.
-        save_file(to_state_dict(cfg, params), tmp / "model.safetensors", metadata={"format": "pt"})
+        # The value head also inside model.safetensors under TRL's keys: TRL's
+        # AutoModelForCausalLMWithValueHead reads it from there (transformers ignores the two keys).
+        save_file(to_state_dict(cfg, params, value_head=True), tmp / "model.safetensors", metadata={"format": "pt"})
         save_file(value_head_to_hf(params["v_head"]), tmp / VALUE_HEAD_FILE, metadata={"format": "pt"})
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))

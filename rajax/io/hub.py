@@ -11,6 +11,7 @@ import json
 import os
 import pathlib
 import socket
+import urllib.parse
 
 import numpy as np
 
@@ -135,12 +136,18 @@ def in_cache(repo_id: str) -> bool:
         return False
 
 
+def endpoint() -> tuple[str, int]:
+    """The hub's host and port: ``HF_ENDPOINT`` (a mirror) when set, else huggingface.co:443."""
+    url = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    return url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+
+
 def reachable(timeout: float = 3.0) -> bool:
-    """Whether the hub answers (False at once under ``HF_HUB_OFFLINE``)."""
+    """Whether the hub (or the mirror in ``HF_ENDPOINT``) answers; False at once under ``HF_HUB_OFFLINE``."""
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         return False
     try:
-        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+        with socket.create_connection(endpoint(), timeout=timeout):
             return True
     except OSError:
         return False
@@ -164,5 +171,7 @@ def preflight(sources: list[tuple[str, str | None]], needs: list[str], *, hint: 
         if is_data or not in_cache(value):
             hub.append(f"{flag} {value}")
     if hub and not reachable():
-        raise InvalidInput("the Hugging Face hub is unreachable and these need it: " + ", ".join(hub)
-                         + "; pass local paths with those flags" + (f", {hint}" if hint else ""))
+        host = endpoint()[0]
+        where = "the Hugging Face hub" if host == "huggingface.co" else f"the Hugging Face hub mirror {host}"
+        raise InvalidInput(f"{where} is unreachable and these need it: " + ", ".join(hub)
+                           + "; pass local paths with those flags" + (f", {hint}" if hint else ""))

@@ -2,19 +2,26 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
+import os
 import pathlib
+
+from rajax.core.errors import InvalidInput
 
 
 class MetricsWriter:
-    """Appends one JSON line per iteration to ``metrics.jsonl`` and mirrors scalars to TensorBoard.
+    """Appends one JSON line per iteration to ``metrics.jsonl`` and mirrors the scalars to TensorBoard
+    and/or Weights & Biases (``report_to``), under the same tags.
 
     On resume the JSONL is truncated to the iterations before the resumed one, so the file always
-    describes exactly one trajectory.
+    describes exactly one trajectory. W&B follows its own environment (``WANDB_MODE=offline``,
+    ``WANDB_PROJECT``, ...); the run's config is logged as the W&B run config.
     """
 
-    def __init__(self, out_dir: pathlib.Path, *, start_iteration: int = 0, tensorboard: bool = True):
+    def __init__(self, out_dir: pathlib.Path, *, start_iteration: int = 0, tensorboard: bool = True,
+                 wandb: bool = False, config: dict | None = None, run_name: str | None = None):
         self.path = pathlib.Path(out_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = []
@@ -35,22 +42,39 @@ class MetricsWriter:
             except ImportError:  # images without tensorboardX (e.g. the GPU image): same event files
                 from torch.utils.tensorboard import SummaryWriter
             self._tb = SummaryWriter(str(pathlib.Path(out_dir) / "tb"), purge_step=start_iteration)
+        self._wandb = None
+        if wandb:
+            try:
+                import wandb as wandb_lib  # optional: pip install "rajax[wandb]"
+            except ImportError:
+                raise InvalidInput("--report-to wandb needs the wandb package: pip install 'rajax[wandb]'") from None
+            self._wandb = wandb_lib.init(project=os.environ.get("WANDB_PROJECT", "rajax"), dir=str(out_dir),
+                                         name=run_name, config=config, resume="allow",
+                                         id=None if run_name is None else _wandb_id(run_name))
 
     def write(self, iteration: int, scalars: dict[str, float]) -> None:
         rec = {"iteration": iteration, **{k: _num(v) for k, v in scalars.items()}}
         self._f.write(json.dumps(rec) + "\n")
         self._f.flush()
+        finite = {k: v for k, v in rec.items() if k != "iteration" and v is not None}
         if self._tb is not None:
-            for k, v in scalars.items():
-                v = _num(v)
-                if v is not None:
-                    self._tb.add_scalar(k, v, iteration)
+            for k, v in finite.items():
+                self._tb.add_scalar(k, v, iteration)
+        if self._wandb is not None:
+            self._wandb.log(finite, step=iteration)
 
     def close(self) -> None:
         self._f.close()
         if self._tb is not None:
             self._tb.flush()
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def _wandb_id(name: str) -> str:
+    """A stable W&B run id per run directory, so a resumed run continues the same W&B run."""
+    return hashlib.sha1(name.encode()).hexdigest()[:16]
 
 
 def _num(v):

@@ -58,6 +58,11 @@ class CausalLM:
         """A short name for logs, e.g. "GPT-2 12x768"."""
         return type(self).__name__
 
+    def lora_sites(self) -> dict:
+        """``{(layer, target): path of the dense kernel in params}`` for every LoRA target the family
+        supports (``rajax.models.lora``); a family without LoRA support raises."""
+        raise InvalidInput(f"{self.describe()} does not support LoRA adapters")
+
     # --- derived -------------------------------------------------------------------------------
     def logits(self, params, input_ids, attention_mask=None) -> jax.Array:
         """[B, T, V] float32 logits of every position."""
@@ -83,6 +88,38 @@ class CausalLM:
         out = self.apply(params, input_ids, attention_mask)
         logits = self.lm_head(params, out.hidden[:, p - 1:-1])
         return logprobs_of(logits, input_ids[:, p:]), out.values[:, p - 1:-1], entropy_from_logits(logits)
+
+
+def positions_from_mask(mask_BxT: jax.Array, offset: jax.Array | int = 0) -> jax.Array:
+    """Position ids from a 0/1 mask: real tokens count ``offset``, ``offset`` + 1, ...; pads get 0."""
+    pos = jnp.cumsum(mask_BxT, axis=-1) - 1 + offset
+    return jnp.where(mask_BxT > 0, pos, 0).astype(jnp.int32)
+
+
+def attention_layout(mask_BxT: jax.Array | None, ids_BxT: jax.Array, cache: dict | None):
+    """Positions, the boolean key mask and the cache bookkeeping of one causal pass, for families whose
+    cache is ``{"k", "v", "mask" [B, S], "index"}`` (GPT-2's layout; Llama and GPT-J use it).
+
+    Returns ``(mask_BxT, positions_BxT, key_mask_BxTxS, write_index, slot_mask_BxS or None)``. Without
+    a cache S = T and the pass is causal over ``mask``; with one, the T tokens go to slots
+    ``[index, index + T)`` and see every earlier valid slot; positions continue from the real tokens
+    already cached, so a left-padded prompt gives the positions of the unpadded one. A query whose row
+    has no valid key (a pad) sees itself, so softmax never runs over nothing (its output is unused).
+    """
+    b, t = ids_BxT.shape
+    mask_BxT = jnp.ones((b, t), jnp.int32) if mask_BxT is None else mask_BxT.astype(jnp.int32)
+    if cache is None:
+        causal = jnp.tril(jnp.ones((t, t), bool))
+        key_mask = (causal[None] & (mask_BxT[:, None, :] > 0)) | jnp.eye(t, dtype=bool)[None]
+        return mask_BxT, positions_from_mask(mask_BxT), key_mask, 0, None
+    index = cache["index"]
+    s = cache["mask"].shape[1]
+    seen = cache["mask"].sum(-1, keepdims=True)
+    slot_mask = jax.lax.dynamic_update_slice(cache["mask"], mask_BxT, (0, index))
+    slots = jnp.arange(s)[None, :]
+    query_slot = index + jnp.arange(t)[:, None]
+    key_mask = ((slots <= query_slot)[None] & (slot_mask[:, None, :] > 0)) | (slots == query_slot)[None]
+    return mask_BxT, positions_from_mask(mask_BxT, seen), key_mask, index, slot_mask
 
 
 def init_value_head(hidden_size: int, key: jax.Array) -> dict:

@@ -2,7 +2,7 @@
 
 Each task is a ``rajax.tasks.base.Task`` in its own module (``imdb``, ``jigsaw``, ``rtp``, ``files``,
 ``synthetic``). A new task is one new module whose ``Task`` is passed to ``register``, plus a preset
-``configs/<name>.yaml``; nothing else in rajax names it.
+``rajax/configs/<name>.yaml``; nothing else in rajax names it.
 
     cfg, task = tasks.prepare(cfg)          # fill placeholders, then fail fast on missing paths / no hub
     data = task.load(cfg, tokenizer)        # TaskData: train/test PromptSets, SFT and perplexity texts
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from rajax.core.errors import InvalidInput
+from rajax.core.errors import InvalidInput, train_command
 from rajax.io import hub
 from rajax.tasks import files, imdb, jigsaw, rtp, synthetic
 from rajax.tasks.base import (
@@ -39,7 +39,7 @@ def register(task: Task) -> Task:
     return task
 
 
-for _t in (imdb.TASK, jigsaw.TASK, rtp.TASK, files.TASK, synthetic.TASK):
+for _t in (imdb.TASK, jigsaw.TASK, rtp.TASK, files.TASK, files.HUB_TASK, synthetic.TASK):
     register(_t)
 
 
@@ -57,7 +57,7 @@ def get(source: str) -> Task:
 def offline_hint() -> str:
     """The end of the "hub unreachable" message: which tasks run without it."""
     offline = [n for n, t in sorted(_REGISTRY.items()) if t.offline]
-    return f"or run the offline task: bin/train --task {' / '.join(offline)}" if offline else ""
+    return f"or run the offline task: {train_command()} --task {' / '.join(offline)}" if offline else ""
 
 
 def prepare(cfg, *, require: Sequence[str] = ("train",), progress: bool = True, check_hub: bool = True):

@@ -99,7 +99,7 @@ class Task:
     """A task plug-in: where the prompts, test set, SFT and perplexity texts come from.
 
     Subclass it, set ``name`` (the ``data.source`` value that selects it), implement ``raw``, and
-    register an instance with ``rajax.tasks.register``; add a preset ``configs/<name>.yaml``. The other
+    register an instance with ``rajax.tasks.register``; add a preset ``rajax/configs/<name>.yaml``. The other
     methods have defaults that suit a task read from files or the hub.
     """
 

@@ -170,29 +170,41 @@ def int_labels(values: Sequence, where: str) -> np.ndarray:
     return out
 
 
+def _hub_table(ds, where: str) -> dict[str, list]:
+    try:
+        return ds.to_dict()
+    except AttributeError:
+        raise InvalidInput(f"{where}: the hub dataset has several splits ({', '.join(ds)}); name one with "
+                           "--data-split (data.split)") from None
+
+
 class FileTask(Task):
-    """``data.source: file``: prompts from local csv / jsonl / parquet files with a column mapping."""
+    """``data.source: file``: prompts from local csv / jsonl / parquet files, or from a hub dataset id
+    (through ``datasets``: ``data.split``, ``data.test_split``), with a column mapping."""
 
     name = "file"
 
     def resolve(self, cfg, *, progress: bool = True):
         if not cfg.data.path:
-            raise InvalidInput("data.source=file needs data.path: pass --data FILE (csv, jsonl or parquet)")
+            raise InvalidInput(f"data.source={self.name} needs data.path: pass --data FILE (csv, jsonl or parquet) "
+                               "or a hub dataset id")
         return cfg
 
     def raw(self, cfg) -> RawSplits:
         d = cfg.data
         self.resolve(cfg)
         p = local_path(d.path, "--data")
-        if p is None:
-            raise MissingInput(f"--data {d.path!r}: no such file or directory")
         test_table = None
-        if p.is_dir():
+        if p is None:  # a hub dataset id
+            train_table = _hub_table(hub_dataset(d.path, "--data", split=d.split, revision=d.revision), d.path)
+            if d.test_split:
+                test_table = _hub_table(hub_dataset(d.path, "--data", split=d.test_split, revision=d.revision), d.path)
+        elif p.is_dir():
             train_table = read_split(p, "train")
             if train_table is None:
                 raise MissingInput(f"--data {d.path!r}: no train*.csv/jsonl/parquet file there")
             test_table = read_split(p, "test")
-        else:
+        elif p is not None:
             train_table = read_table(p)
         if d.test_path:
             tp = pathlib.Path(d.test_path).expanduser()
@@ -212,7 +224,20 @@ class FileTask(Task):
         train = split(train_table, f"--data {d.path!r}")
         test = split(test_table, f"--test-path {d.test_path or d.path!r}") if test_table is not None else None
         return RawSplits(train, test, False, list(train[0]), list(test[0]) if test else [],
-                         {"source": str(p), "text_column": text_col, "label_column": d.label_column})
+                         {"source": str(p or d.path), "text_column": text_col, "label_column": d.label_column})
+
+
+class HubTask(FileTask):
+    """``data.source: hub``: the ``file`` task for a hub dataset id (``--data ID --data-split train``)."""
+
+    name = "hub"
+
+    def resolve(self, cfg, *, progress: bool = True):
+        super().resolve(cfg, progress=progress)
+        if local_path(cfg.data.path, "--data") is not None:
+            raise InvalidInput(f"data.source=hub: --data {cfg.data.path} is a local path; use data.source=file")
+        return cfg
 
 
 TASK = FileTask()
+HUB_TASK = HubTask()

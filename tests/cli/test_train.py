@@ -16,6 +16,7 @@ import pytest
 from tiny import train_args
 
 from rajax.cli import train
+from rajax.core.errors import train_command
 from rajax.io import hf
 from rajax.io.checkpoint import Checkpointer
 
@@ -173,4 +174,4 @@ def test_sigterm_finishes_the_iteration_checkpoints_and_exits(train_world, tmp_p
     done = len((out / "metrics.jsonl").read_text().splitlines())
     assert 1 <= done < 34
     assert Checkpointer(out / "checkpoints").latest_step() == done  # the stopping iteration is saved
-    assert f"bin/train --resume {out}" in output
+    assert f"{train_command()} --resume {out}" in output  # the hint names the command the user typed

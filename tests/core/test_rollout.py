@@ -195,3 +195,19 @@ def test_too_long_is_an_error(torch_and_params):
                         max_new_tokens=CFG.n_positions - P + 1, eos_id=EOS)
     with pytest.raises(ValueError, match="n_positions"):
         gpt2.apply(CFG, params, jnp.zeros((1, CFG.n_positions + 1), jnp.int32))
+
+
+def test_tail_tokens_is_the_gptj_scripts_slice():
+    """``generate(...)[-N:]`` per row (docs/paper.md quirk #20): a response of L < N tokens takes the
+    prompt's last N - L tokens in front of it; a full one is unchanged; a row shorter than N in all
+    keeps what it has, left-aligned (N = 4 here)."""
+    prompt = np.array([[0, 11, 12, 13, 14], [0, 0, 21, 22, 23], [0, 0, 0, 0, 31]], np.int32)
+    pmask = (prompt > 0).astype(np.int32)
+    tokens = np.array([[51, 52, 53, 54], [61, 9, 9, 9], [71, 72, 9, 9]], np.int32)
+    mask = np.array([[1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 0, 0]], np.int32)
+    logp = np.where(mask > 0, -np.arange(1, 5, dtype=np.float32)[None], 0.0).astype(np.float32)
+    s = rollout.tail_tokens(jnp.asarray(prompt), jnp.asarray(pmask), rollout.Sample(tokens, mask, logp))
+    np.testing.assert_array_equal(np.asarray(s.tokens)[:2], [[51, 52, 53, 54], [21, 22, 23, 61]])
+    np.testing.assert_array_equal(np.asarray(s.tokens)[2, :3], [31, 71, 72])
+    np.testing.assert_array_equal(np.asarray(s.mask), [[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 0]])
+    np.testing.assert_array_equal(np.asarray(s.logprobs)[1], [0, 0, 0, -1])  # prompt tokens were not sampled

@@ -41,3 +41,51 @@ def test_evaluate_api_with_python_reward_extra_scorer_and_param_tuples(eval_run,
     assert m2["policies"]["p"]["reward"] == m["policies"]["p"]["reward"]
     with pytest.raises(ValueError):
         E.evaluate(cfg, {}, str(tmp_path), reward=reward, tokenizer=tiny_lm["tok"], task_data=data)
+
+
+def test_a_reference_of_another_family(eval_run, tiny_lm, tmp_path):
+    """R̄ of a GPT-J policy against a GPT-2 reference over the same tokenizer: the reference pass runs
+    GPT-2's own forward on GPT-J's sampled ids; a sampled id the reference has no row for is refused."""
+    import jax
+    import pandas as pd
+
+    from rajax import config, tasks
+    from rajax.evaluation import generation
+    from rajax.models import gptj
+    from rajax.rewards import PythonReward
+
+    root = tiny_lm["root"]
+    cfg = config.load_config("rtp", None, [
+        "data.source=file", f"data.path={root / 'train.csv'}", f"data.test_path={root / 'test.csv'}",
+        "data.label_column=label", "generation.prompt_tokens=4", "generation.max_new_tokens=5",
+        "generation.min_length=0", "eval.batch_size=4", "eval.ppl_num_texts=2", "eval.test_size=6",
+        "kl.init_coef=0.5", f"model.policy={root / 'gpt2'}", f"reward.model={root / 'bert'}"])
+    tok, rcfg = tiny_lm["tok"], tiny_lm["cfg"]
+    jcfg = gptj.GPTJConfig(vocab_size=rcfg.vocab_size + 4, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                           rotary_dim=4)
+    jp = gptj.init(jcfg, jax.random.key(5))
+    jp["lm_head"]["bias"] = jp["lm_head"]["bias"].at[rcfg.vocab_size:].set(-1e4)  # padding rows: no mass
+    reward = PythonReward(lambda t: float(len(t)))
+    data = tasks.load(cfg, tok, require=("test",))
+    pol = {"ref": (rcfg, tiny_lm["params"]), "j": (jcfg, jp)}
+    E.evaluate(cfg, pol, str(tmp_path), reward=reward, tokenizer=tok, task_data=data, key=jax.random.key(0),
+               progress=False)
+    df = pd.read_csv(tmp_path / "generations.csv", keep_default_na=False)
+    kl = df["reward_j"] - df["R_bar_j"]
+    assert np.abs(kl).max() > 1e-3  # two different models: the KL is not zero
+    # Recompute the KL sums with the reference's own handle from the same sampled tokens.
+    from rajax.evaluation.run import _subset
+
+    test = _subset(data.test, 6)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    _, toks, rmask = generation.generate(jcfg, jp, tok, test, settings=cfg.generation.sample_settings(
+        tok.eos_token_id, pad), batch_size=4, key=jax.random.fold_in(jax.random.key(0), 1), progress=False,
+        return_tokens=True)
+    ids, mask = generation.prompt_arrays(test, pad)
+    want = generation.kl_sums(jcfg, jp, tiny_lm["params"], ids, mask, toks, rmask, batch_size=4, reference=rcfg)
+    np.testing.assert_allclose(kl, 0.5 * want, rtol=1e-4, atol=1e-5)
+    # A policy that samples a row beyond the reference's vocabulary: one line, not a silent clamp.
+    jp["lm_head"]["bias"] = jp["lm_head"]["bias"].at[rcfg.vocab_size:].set(1e4)
+    with pytest.raises(ValueError, match=r"policy 'j' sampled token id \d+, beyond the KL reference 'ref'"):
+        E.evaluate(cfg, pol, str(tmp_path / "bad"), reward=reward, tokenizer=tok, task_data=data,
+                   key=jax.random.key(0), progress=False)

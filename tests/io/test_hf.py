@@ -156,7 +156,9 @@ def test_save_loads_in_transformers_and_round_trips(tmp_path):
     out = hf.save(tmp_path / "ckpt", cfg, params)
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "value_head.safetensors"]
     stored = load_file(out / "model.safetensors")
-    assert "lm_head.weight" not in stored and all(k.startswith("transformer.") for k in stored)
+    # tied head not stored; the value head rides along under TRL's names (transformers ignores them)
+    assert "lm_head.weight" not in stored and all(k.startswith(("transformer.", "v_head.summary.")) for k in stored)
+    assert stored["v_head.summary.weight"].shape == (1, cfg.n_embd)
     tm = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
     assert tm.config.n_layer == 2 and tm.config.resid_pdrop == 0.05
     ids = np.random.default_rng(1).integers(0, 97, (3, 16))
@@ -203,8 +205,8 @@ def test_errors_are_one_line(tmp_path):
     with pytest.raises(ValueError, match="no model.safetensors") as e:
         hf.load(tmp_path / "empty")
     _one_line(e)
-    (tmp_path / "empty" / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    with pytest.raises(ValueError, match="supported: gpt2") as e:
+    (tmp_path / "empty" / "config.json").write_text(json.dumps({"model_type": "mamba"}))
+    with pytest.raises(ValueError, match="supported: gpt2, llama, qwen2, gptj") as e:
         hf.load(tmp_path / "empty", what="--ref")
     assert _one_line(e).startswith("--ref '")
 

@@ -71,3 +71,23 @@ def test_preflight_names_missing_paths_and_what_needs_the_hub(tmp_path, monkeypa
     monkeypatch.setattr(hub, "reachable", lambda timeout=3.0: True)
     hub.preflight([("--policy", "gpt2")], ["--data (a hub dataset)"])  # reachable: no error
     assert hub.error("--x", "n", "why") == "--x 'n': why" and hub.error(None, "n", "why") == "'n': why"
+
+
+def test_the_preflight_honours_hf_endpoint(monkeypatch):
+    tried = []
+
+    def connect(addr, timeout=None):
+        tried.append(addr)
+        raise OSError("unreachable")
+
+    monkeypatch.setattr(hub.socket, "create_connection", connect)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", "http://mirror.example:8080")
+    assert hub.endpoint() == ("mirror.example", 8080) and not hub.reachable()
+    with pytest.raises(ValueError, match="the Hugging Face hub mirror mirror.example is unreachable"):
+        hub.preflight([("--policy", "someone/model")], [])
+    monkeypatch.delenv("HF_ENDPOINT")
+    assert hub.endpoint() == ("huggingface.co", 443)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tried.clear()
+    assert not hub.reachable() and tried == []  # offline: not even tried

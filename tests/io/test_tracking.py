@@ -71,3 +71,28 @@ def test_samples_csv_and_curves_png(tmp_path):
     png = tracking.plot_curves(tmp_path)
     img = imread(png)
     assert png.name == "curves.png" and img.ndim == 3 and img.shape[1] > 4 * img.shape[0] / 2 and img.std() > 0
+
+
+def test_wandb_offline_logs_the_same_tags_and_the_config(tmp_path, monkeypatch):
+    pytest = __import__("pytest")
+    pytest.importorskip("wandb")
+    from tiny import wandb_offline_records
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    w = tracking.MetricsWriter(tmp_path, tensorboard=False, wandb=True, config={"risk": {"alpha": 0.2}},
+                               run_name="run-x")
+    for m in range(3):
+        w.write(m, {"env/reward_mean": 0.5 * m, "objective/kl": 1.0, "risk/alpha_prime": 8 - m, "bad": float("nan")})
+    w.close()
+    hist, cfg = [], {}
+    for r in wandb_offline_records(tmp_path):
+        kind = r.WhichOneof("record_type")
+        if kind == "history":
+            hist.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item})
+        elif kind == "run":
+            cfg = {i.key: json.loads(i.value_json) for i in r.run.config.update}
+    assert [h["env/reward_mean"] for h in hist] == [0.0, 0.5, 1.0] and [h["_step"] for h in hist] == [0, 1, 2]
+    assert all(h["objective/kl"] == 1.0 and "bad" not in h for h in hist)  # NaN is not sent
+    assert cfg["risk"] == {"alpha": 0.2}
+    assert [r["iteration"] for r in tracking.read_metrics(tmp_path)] == [0, 1, 2]  # metrics.jsonl as always

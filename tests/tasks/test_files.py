@@ -73,3 +73,24 @@ def test_hub_datasets_are_converted(monkeypatch):
     s = rtp.rtp_split_indices([0.9] * 10 + [0.1] * 30 + [None] * 2)
     assert r.train.texts == [f"p{i}" for i in s["train"]] and len(r.test) == 4
     assert calls[1] == (rtp.RTP_HUB, {"split": "train", "revision": C.load_config("rtp").data.revision})
+
+
+def test_a_hub_dataset_id_through_datasets(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    calls = []
+
+    def fake_load(name, **kw):
+        calls.append((name, kw))
+        texts = {"train": ["alpha one", "", "beta two"], "validation": ["gamma three"]}[kw["split"]]
+        return datasets.Dataset.from_dict({"body": texts})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    for source in ("file", "hub"):
+        cfg = cfg_for("rtp", data__source=source, data__path="someone/headlines", data__text_column="body",
+                      data__split="train", data__test_split="validation", generation__prompt_tokens=20,
+                      data__revision="null")
+        d = tasks.load(cfg, CharTok(), require=("train", "test"))
+        assert d.train.texts == ["alpha one", "beta two"] and d.test.texts == ["gamma three"]
+    assert calls[0] == ("someone/headlines", {"split": "train"})
+    with pytest.raises(ValueError, match="data.source=hub: --data .* is a local path"):
+        tasks.prepare(cfg_for("rtp", data__source="hub", data__path="."), check_hub=False)

@@ -6,16 +6,17 @@ from tiny import CharTok, cfg_for
 
 from rajax import config as C
 from rajax import tasks
+from rajax.core.errors import train_command
 from rajax.tasks.base import RawSplits, Task
 
 
 def test_every_paper_task_and_the_offline_one_are_registered():
-    assert tasks.names() == ["file", "imdb", "jigsaw", "rtp", "synthetic"]
+    assert tasks.names() == ["file", "hub", "imdb", "jigsaw", "rtp", "synthetic"]
     assert tasks.get("rtp").name == "rtp" and tasks.get("imdb").class_names[1] == "Positive"
     offline = [n for n in tasks.names() if tasks.get(n).offline]
     assert offline == ["synthetic"] and tasks.default_preset() == "synthetic"
-    assert tasks.offline_hint() == "or run the offline task: bin/train --task synthetic"
-    with pytest.raises(ValueError, match="data.source='web' is not valid; choose one of file, imdb") as e:
+    assert tasks.offline_hint() == f"or run the offline task: {train_command()} --task synthetic"
+    with pytest.raises(ValueError, match="data.source='web' is not valid; choose one of file, hub, imdb") as e:
         tasks.get("web")
     assert "\n" not in str(e.value)
     with pytest.raises(ValueError, match="data.source='web'"):

@@ -1,6 +1,6 @@
 """The ``synthetic`` task plug-in: the offline world's prompts, its assets and its ground-truth score.
 
-The preset (``configs/synthetic.yaml``) names the models and the data as the placeholder
+The preset (``rajax/configs/synthetic.yaml``) names the models and the data as the placeholder
 ``synthetic``; :func:`resolve` replaces each with a path of the cached assets (``build.prepare``),
 building them on first use. This file and the preset are the only places that know the name.
 """
