@@ -33,6 +33,7 @@ from rajax.core import risk as risk_lib
 from rajax.core.errors import InvalidInput, MissingInput
 from rajax.core.ppo import PPOConfig
 from rajax.core.rollout import MIN_LENGTH_MODES, SampleSettings
+from rajax.io.hf import VALUE_HEAD_MODES
 
 # Enumerations checked by validate(); the PPO, risk and sampling ones come from rajax.core. The
 # data sources are the registered tasks (rajax.tasks checks data.source).
@@ -49,6 +50,10 @@ class ModelConfig:
     tokenizer: str | None = None  # None = the policy's directory / id
     dtype: str = "float32"  # compute dtype: float32 | bfloat16
     remat: bool = False  # rematerialise each block in the backward pass (memory for compute)
+    # The PPO value head: auto | seed | checkpoint. auto loads the policy's stored head when it was
+    # trained (a PPO export or TRL checkpoint) and otherwise draws it from train.seed, as the
+    # original does (an SFT model has none). A run's saved config records the choice made.
+    value_head: str = "auto"
     # LoRA (docs/models.md): with a rank, only the adapters on `lora_targets` and the value head
     # train; the base weights are frozen and stored in `base_dtype`.
     lora_rank: int = 0  # LoRA rank r; 0 = no LoRA (every parameter trains)
@@ -161,6 +166,9 @@ class EvalConfig:
     ppl_num_texts: int | None = 1000  # None = all perplexity texts of the task
     ppl_max_chars: int | None = 1000  # each perplexity text is cut to this many characters
     batch_size: int = 128  # prompts per generation call
+    # Sampled continuations per test prompt (the paper: 1). More average out the sampling noise of
+    # every metric; the tail, the CVaRs and R̄ are then taken over all prompt x sample rows.
+    samples_per_prompt: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -487,6 +495,7 @@ def validate(cfg: Config, num_devices: int = 1) -> Config:
     _check(bool(m.policy), "model.policy is empty; pass --policy (a hub id or a local checkpoint dir)")
     _choice(m.dtype, DTYPES, "model.dtype")
     _choice(m.base_dtype, DTYPES, "model.base_dtype")
+    _choice(m.value_head, VALUE_HEAD_MODES, "model.value_head")
     _check(m.lora_rank >= 0, f"model.lora_rank={m.lora_rank} must be >= 0 (0 = no LoRA)")
     if m.lora_rank:
         _check(m.lora_alpha > 0, f"model.lora_alpha={m.lora_alpha} must be > 0")
@@ -527,8 +536,6 @@ def validate(cfg: Config, num_devices: int = 1) -> Config:
     _check(0.0 < rk.rho <= 1.0, f"risk.rho={rk.rho} must be in (0, 1]")
     _check(rk.n >= 0, f"risk.n={rk.n} must be >= 0")
     _check(rk.M is None or rk.M >= 1, f"risk.M={rk.M} must be >= 1 or null (= the run's iterations)")
-    if rk.M is not None and rk.alpha < 1.0:
-        _check(rk.n < rk.M, f"risk.n={rk.n} must be < risk.M={rk.M}; lower --risk-n or raise --risk-M")
     _choice(rk.scheduler, risk_lib.SCHEDULERS, "risk.scheduler")
     # kl
     _check(k.init_coef >= 0, f"kl.init_coef={k.init_coef} must be >= 0")
@@ -557,6 +564,7 @@ def validate(cfg: Config, num_devices: int = 1) -> Config:
            f"eval.ppl_num_texts={e.ppl_num_texts} must be >= 1 or null (all texts)")
     _check(e.ppl_max_chars is None or e.ppl_max_chars >= 1, f"eval.ppl_max_chars={e.ppl_max_chars} must be >= 1")
     _check(e.batch_size >= 1, f"eval.batch_size={e.batch_size} must be >= 1")
+    _check(e.samples_per_prompt >= 1, f"eval.samples_per_prompt={e.samples_per_prompt} must be >= 1")
     _check(e.batch_size % num_devices == 0,
            f"eval.batch_size={e.batch_size} must be a multiple of the {num_devices} devices")
     return cfg

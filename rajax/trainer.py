@@ -12,6 +12,7 @@ Randomness is ``fold_in(key(seed), m)`` per iteration and the data order a seede
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import pathlib
 import signal
@@ -100,6 +101,10 @@ class Trainer:
         n_dev = jax.device_count()  # all hosts' devices after jax.distributed.initialize
         cfg, self.task = tasks.prepare(cfg, progress=progress)
         config_lib.validate(cfg, num_devices=n_dev)
+        # Record where the value head comes from (a head drawn from this seed, or the checkpoint's
+        # trained one) in the run's own config, so that the saved config says which case applied.
+        head = hf.value_head_choice(cfg.model.policy, cfg.model.value_head, what="--policy")
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, value_head=head))
         self.cfg = cfg
         if run is None and self.lead:
             run = (RunDir.open(self.out) if resume else
@@ -110,7 +115,7 @@ class Trainer:
         m = cfg.model
         tok_src, tok_flag = (m.tokenizer, "--tokenizer") if m.tokenizer else (m.policy, "--policy (its tokenizer)")
         self.tokenizer = load_tokenizer(tok_src, padding_side="left", what=tok_flag)
-        self.policy, params = hf.load(m.policy, value_head_seed=cfg.train.seed, what="--policy")
+        self.policy, params = hf.load(m.policy, value_head_seed=cfg.train.seed, what="--policy", value_head=head)
         self.policy = self.policy.replace(dtype=m.dtype, remat=m.remat)
         check_fits(self.tokenizer, self.policy.vocab_size, tokenizer_name=tok_src, model_name=m.policy,
                    tokenizer_flag=tok_flag)
@@ -160,7 +165,12 @@ class Trainer:
                 f"set --iterations to at most {n_train // b} or lower --batch-size")
         self.risk_M = cfg.risk.M or self.iterations
         if cfg.risk.alpha < 1.0 and cfg.risk.n >= self.risk_M:
-            raise InvalidInput(f"risk.n={cfg.risk.n} must be < risk.M={self.risk_M}; lower --risk-n or raise --risk-M")
+            # The original accepts this (docs/paper.md quirk #27): α′ = B while m <= n, then ⌈αB⌉ at once.
+            k = self.alpha_prime(cfg.risk.n + 1)
+            rest = ("so this run is RLHF throughout" if cfg.risk.n >= self.iterations - 1 else
+                    f"then {k} from iteration {cfg.risk.n + 1}")
+            self.log(f"notice: risk.n={cfg.risk.n} >= risk.M={self.risk_M}: α′ stays {b} (every episode) "
+                     f"for iterations 0..{cfg.risk.n}, {rest}")
         self.order = np.random.default_rng(cfg.train.seed).permutation(n_train)
         self.mesh = parallel.make_mesh()
         self.tx = ppo.default_optimizer(cfg.ppo) if tx is None else tx
@@ -205,6 +215,27 @@ class Trainer:
         return risk.soft_risk_level(m, batch_size=b, alpha=c.alpha, n=c.n, rho=c.rho, M=self.risk_M,
                                     scheduler=c.scheduler)
 
+    def tail_metrics(self, prompt_texts, scores, keep_B) -> dict:
+        """Where the CVaR mask puts the update (docs/study.md, "Mechanism"): the batch's tail prompts
+        are those the reward model scores below ``eval.tail_threshold``, as in the evaluation.
+        ``risk/kept_tail_frac`` is their share of the kept episodes (``risk/tail_frac`` of the whole
+        batch, what RLHF keeps); ``env/tail_reward_mean`` is their mean reward (absent without any). A reward without
+        ``score_texts`` (a bare function of prompts and responses) gives none of these."""
+        score_texts = getattr(self.reward, "score_texts", None)
+        if score_texts is None:  # a bare reward function (prompts, responses) cannot score prompts alone
+            return {}
+        t = time.perf_counter()
+        ev = self.cfg.eval
+        ps = np.asarray(score_texts(list(prompt_texts)), np.float64)
+        tail = ps <= ev.tail_threshold if ev.tail_inclusive else ps < ev.tail_threshold
+        keep = np.asarray(keep_B, bool)
+        out = {"risk/tail_frac": float(tail.mean()),
+               "risk/kept_tail_frac": float((tail & keep).sum() / max(int(keep.sum()), 1))}
+        if tail.any():
+            out["env/tail_reward_mean"] = float(np.asarray(scores)[tail].mean())
+        out["time/tail_scores"] = time.perf_counter() - t
+        return out
+
     def iteration(self, m: int):
         cfg = self.cfg
         prompt_ids, prompt_mask, prompt_texts = self.batch_prompts(m)
@@ -224,7 +255,7 @@ class Trainer:
         alpha_prime = self.alpha_prime(m)
         t = time.perf_counter()
         beta = self.state.kl_state.beta
-        params, opt_state, stats, _ = ppo.ppo_step(
+        params, opt_state, stats, keep = ppo.ppo_step(
             self.policy, cfg.ppo, self.state.params, self.state.opt_state, got.rollout, beta,
             np.int32(alpha_prime), k_ppo, tx=self.tx, frozen=self.frozen)
         if self.sharded:  # keep the FSDP layout whatever sharding XLA chose for the step's outputs
@@ -240,6 +271,7 @@ class Trainer:
                                  horizon=cfg.kl.horizon, n_steps=cfg.train.batch_size, adaptive=cfg.kl.adaptive)
         self.state = TrainState(params, opt_state, kl_state)
         scores = got.scores
+        mechanism = self.tail_metrics(prompt_texts, scores, parallel.to_host(keep))
         metrics = {
             "env/reward_mean": float(scores.mean()),
             "env/reward_std": float(scores.std(ddof=1)) if len(scores) > 1 else 0.0,
@@ -248,6 +280,7 @@ class Trainer:
             **stats,
             "objective/kl_coef": float(beta),
             "risk/alpha_prime": float(alpha_prime),
+            **mechanism,
             **timings,
         }
         for name, fn in self.extra_scorers.items():

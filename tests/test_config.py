@@ -134,7 +134,7 @@ def test_unknown_keys_name_the_key_and_the_valid_ones(tmp_path):
 
 @pytest.mark.parametrize("override, words", [
     ("risk.alpha=0", "risk.alpha"), ("risk.alpha=1.5", "risk.alpha"), ("risk.rho=0", "risk.rho"),
-    ("risk.rho=1.01", "risk.rho"), ("risk.n=-1", "risk.n"), ("risk.n=452", "risk.n"),
+    ("risk.rho=1.01", "risk.rho"), ("risk.n=-1", "risk.n"), ("eval.samples_per_prompt=0", "samples_per_prompt"),
     ("risk.scheduler=cosine", "risk.scheduler"), ("ppo.mini_batch_size=100", "mini_batch_size"),
     ("generation.max_new_tokens=0", "max_new_tokens"), ("generation.prompt_tokens=0", "prompt_tokens"),
     ("generation.min_length_mode=hf", "min_length_mode"), ("generation.top_p=0", "top_p"),

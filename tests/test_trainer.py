@@ -61,3 +61,69 @@ def test_a_users_optimizer_trains(train_world, tmp_path):
     assert d.tx is ppo.default_optimizer(d.cfg.ppo)
     assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(d.host_params())))
     assert bool(parallel.to_host(parallel.all_finite(d.state.params)))
+
+
+def test_a_warm_start_past_M_is_accepted_with_a_notice(train_world, tmp_path):
+    """risk.n >= risk.M: the original accepts it (α′ = B while m <= n, then ⌈αB⌉), and so do we, saying so."""
+    lines = []
+    argv = train_args(train_world, tmp_path / "run", iterations=3) + ["--risk-n", "5", "--risk-M", "3"]
+    cfg = config_from_args(build_parser().parse_args(argv))
+    t = T.Trainer(cfg, tmp_path / "run", progress=False, log=lines.append)
+    b = cfg.train.batch_size
+    assert [t.alpha_prime(m) for m in range(7)] == [b] * 6 + [int(np.ceil(cfg.risk.alpha * b))]
+    notice = [x for x in lines if x.startswith("notice: risk.n=5 >= risk.M=3")]
+    assert len(notice) == 1 and "RLHF throughout" in notice[0], lines
+    t.close()
+
+
+def test_each_seed_draws_its_value_head_from_an_sft_model(train_world, tmp_path):
+    """From an SFT directory (head marked initial) every PPO seed starts from its own head, as the
+    original's set_seed before loading; the run's config records the case (docs/paper.md #28)."""
+    import shutil
+
+    from rajax.io import hf
+    from rajax.models.base import init_value_head
+
+    cfg0, params = hf.load(train_world / "policy")
+    sft = hf.save(tmp_path / "sft", cfg0, params, value_head="initial")
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt"):
+        if (train_world / "policy" / f).is_file():
+            shutil.copy(train_world / "policy" / f, sft / f)
+    heads = {}
+    for seed in (1, 2):
+        out = tmp_path / f"run{seed}"
+        argv = train_args(train_world, out, iterations=1) + ["--policy", str(sft), "--seed", str(seed)]
+        t = T.Trainer(config_from_args(build_parser().parse_args(argv)), out, progress=False, log=lambda *_: None)
+        heads[seed] = jax.device_get(t.state.params["v_head"])
+        assert t.cfg.model.value_head == "seed"  # what bin/train writes into config.yaml
+        t.close()
+    np.testing.assert_array_equal(heads[1]["kernel"], init_value_head(cfg0.n_embd, jax.random.key(1))["kernel"])
+    assert not np.allclose(heads[1]["kernel"], heads[2]["kernel"])
+    # A trained head (the default of hf.save, e.g. a PPO export) is loaded whatever the seed.
+    out = tmp_path / "run3"
+    t = T.Trainer(config_from_args(build_parser().parse_args(train_args(train_world, out, iterations=1))), out,
+                  progress=False, log=lambda *_: None)
+    np.testing.assert_array_equal(jax.device_get(t.state.params["v_head"])["kernel"], params["v_head"]["kernel"])
+    assert t.cfg.model.value_head == "checkpoint"
+    t.close()
+
+
+def test_tail_metrics_say_where_the_mask_puts_the_update():
+    """risk/kept_tail_frac: the share of kept episodes whose prompt is in the tail (prompt score below
+    eval.tail_threshold); env/tail_reward_mean: the tail prompts' mean reward."""
+    from types import SimpleNamespace
+
+    from rajax.rewards import PythonReward
+
+    reward = PythonReward(lambda t: -1.0 if "bad" in t else 1.0)
+    fake = SimpleNamespace(reward=reward, cfg=SimpleNamespace(eval=SimpleNamespace(tail_threshold=0.0,
+                                                                                   tail_inclusive=False)))
+    prompts = ["bad a", "good b", "bad c", "good d"]
+    scores = np.array([-2.0, 3.0, 0.5, 1.0])
+    keep = np.array([True, False, True, True])
+    m = T.Trainer.tail_metrics(fake, prompts, scores, keep)
+    assert m["risk/tail_frac"] == 0.5 and m["risk/kept_tail_frac"] == pytest.approx(2 / 3)
+    assert m["env/tail_reward_mean"] == pytest.approx(-0.75)
+    none = T.Trainer.tail_metrics(fake, ["good"] * 4, scores, keep)
+    assert none["risk/tail_frac"] == 0.0 and "env/tail_reward_mean" not in none
+    assert T.Trainer.tail_metrics(SimpleNamespace(reward=lambda p, r: 0.0), prompts, scores, keep) == {}

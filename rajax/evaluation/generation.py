@@ -1,6 +1,7 @@
 """Sampling the evaluation's responses, and the KL part of the paper's return R̄ (docs/paper.md §4.1).
 
-Every policy continues every test prompt once, with the training sampler and settings; responses
+Every policy continues every test prompt (``eval.samples_per_prompt`` times, each row sampled on its
+own), with the training sampler and settings; responses
 are decoded exactly as in training (special tokens kept, quirk #13), so rewards are comparable.
 """
 from __future__ import annotations

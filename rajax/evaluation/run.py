@@ -57,6 +57,20 @@ def _subset(prompt_set, n: int | None):
     raise InvalidInput(f"cannot take the first {n} rows of a {type(prompt_set).__name__}")
 
 
+def _repeat(prompt_set, k: int):
+    """Each prompt ``k`` times in a row (``eval.samples_per_prompt``): rows i*k .. i*k+k-1 are prompt i."""
+    if k == 1:
+        return prompt_set
+    n = len(_prompt_texts(prompt_set))
+    idx = np.repeat(np.arange(n), k)
+    if hasattr(prompt_set, "select"):
+        return prompt_set.select(idx)
+    if isinstance(prompt_set, Mapping):
+        return {key: ([v[i] for i in idx] if isinstance(v, list) else np.asarray(v)[idx])
+                if v is not None and not isinstance(v, (str, int, float)) else v for key, v in prompt_set.items()}
+    raise InvalidInput(f"cannot repeat the rows of a {type(prompt_set).__name__}")
+
+
 def _prompt_texts(prompt_set) -> list[str]:
     for name in ("texts", "prompts"):
         v = _get(prompt_set, name)
@@ -154,7 +168,15 @@ def evaluate(cfg, policies: Mapping[str, Any], out_dir: str, *, reward=None, tok
     labels = _get(test, "labels")
     t0 = time.time()
     prompt_scores = np.asarray(reward.score_texts(prompts), np.float64)
+    tail_sel = prompt_scores <= ev.tail_threshold if ev.tail_inclusive else prompt_scores < ev.tail_threshold
+    k = ev.samples_per_prompt
+    if k > 1:  # every prompt k times in a row; each row samples its own continuation
+        test, prompts = _repeat(test, k), [p for p in prompts for _ in range(k)]
+        prompt_scores = np.repeat(prompt_scores, k)
+        labels = None if labels is None else np.repeat(np.asarray(labels), k)
     table = {"prompt": prompts, "prompt_score": prompt_scores}
+    if k > 1:
+        table["sample"] = np.tile(np.arange(k), n)
     if labels is not None:
         table["label"] = list(labels)
     # The task loader already cut these to eval.ppl_num_texts / ppl_max_chars; cut again for
@@ -211,12 +233,14 @@ def evaluate(cfg, policies: Mapping[str, Any], out_dir: str, *, reward=None, tok
             v = np.asarray(fn(full), np.float64)
             table[f"{ename}_{name}"] = v
             m["extra"][ename] = float(np.mean(v))
+            m.setdefault("extra_tail", {})[ename] = tail_mean(v, prompt_scores, ev.tail_threshold, ev.tail_inclusive)
+            m.setdefault("extra_cvar", {})[ename] = {f"{a:g}": cvar(v, a) for a in ev.cvar_alphas}
         per_policy[name] = m
 
-    tail_sel = prompt_scores <= ev.tail_threshold if ev.tail_inclusive else prompt_scores < ev.tail_threshold
     metrics = {
         "task": cfg.task,
         "n_test": n,
+        "samples_per_prompt": k,
         "n_tail": int(tail_sel.sum()),
         "tail_threshold": ev.tail_threshold,
         "tail_inclusive": bool(ev.tail_inclusive),
@@ -224,8 +248,8 @@ def evaluate(cfg, policies: Mapping[str, Any], out_dir: str, *, reward=None, tok
         "n_ppl_texts": len(ppl_texts),
         "kl_reference": ref,
         "kl_beta": beta,
-        "prompt_score": {"mean": float(prompt_scores.mean()),
-                         "tail": float(prompt_scores[tail_sel].mean()) if tail_sel.any() else float("nan")},
+        "prompt_score": {"mean": float(prompt_scores[::k].mean()),
+                         "tail": float(prompt_scores[::k][tail_sel].mean()) if tail_sel.any() else float("nan")},
         "policies": per_policy,
         "seconds": round(time.time() - t0, 1),
     }

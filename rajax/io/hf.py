@@ -28,6 +28,12 @@ from rajax.models.base import init_value_head
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 _VHEAD_W, _VHEAD_B = "v_head.summary.weight", "v_head.summary.bias"
+# Where a PPO run's value head comes from (model.value_head). The original calls set_seed(seed)
+# before loading its SFT model, which has no head, so each PPO seed draws a fresh one; a
+# checkpoint written after PPO carries a trained head, which is loaded (docs/paper.md quirk #28).
+VALUE_HEAD_MODES = ("auto", "seed", "checkpoint")
+VALUE_HEAD_KINDS = ("initial", "trained")  # what ``save`` records in the safetensors metadata
+_VHEAD_META = "rajax_value_head"
 CONVERTERS = (hf_gpt2, hf_llama, hf_gptj)  # each: MODEL_TYPES, CONFIG, config_from_hf/to_hf, params_from/state_dict_from
 
 
@@ -99,14 +105,63 @@ def config_from_dict(raw: dict, *, dtype: str = "float32"):
     return _converter_for_type(raw.get("model_type", "gpt2")).config_from_hf(raw, dtype=dtype)
 
 
-def load(name_or_path, *, value_head_seed: int = 0, dtype: str = "float32", what: str | None = None):
+def stored_value_head(d) -> str | None:
+    """What value head the checkpoint directory ``d`` holds: ``"initial"`` (drawn, never trained: an
+    SFT output), ``"trained"`` (after PPO), ``"unmarked"`` (a head without our record, e.g. a TRL
+    checkpoint or an older rajax export) or None (no head: a plain transformers model)."""
+    from safetensors import safe_open
+
+    d = pathlib.Path(d)
+    for f in (d / VALUE_HEAD_FILE, d / "model.safetensors"):
+        if not f.is_file():
+            continue
+        try:
+            with safe_open(str(f), framework="np") as h:
+                if f.name == "model.safetensors" and _VHEAD_W not in h.keys():
+                    continue
+                kind = (h.metadata() or {}).get(_VHEAD_META)
+        except Exception:  # noqa: BLE001 - a damaged file is reported by the loader itself
+            return "unmarked"
+        return kind if kind in VALUE_HEAD_KINDS else "unmarked"
+    return None
+
+
+def value_head_metadata(kind: str) -> dict:
+    """The safetensors metadata of a file that holds a value head of ``kind`` (initial | trained)."""
+    if kind not in VALUE_HEAD_KINDS:
+        raise InvalidInput(f"value_head={kind!r}; choose one of {', '.join(VALUE_HEAD_KINDS)}")
+    return {"format": "pt", _VHEAD_META: kind}
+
+
+def value_head_choice(name_or_path, mode: str = "auto", *, what: str | None = None) -> str:
+    """``"seed"`` (draw the head from the run's seed) or ``"checkpoint"`` (load the stored one) for
+    ``model.value_head=mode``: ``auto`` loads a head unless it is absent or marked ``initial``."""
+    if mode not in VALUE_HEAD_MODES:
+        raise InvalidInput(f"model.value_head={mode!r} is not valid; choose one of {', '.join(VALUE_HEAD_MODES)}")
+    if mode == "seed":
+        return mode
+    kind = stored_value_head(hub.resolve(name_or_path, what=what))
+    if mode == "checkpoint":
+        if kind is None:
+            raise InvalidInput(hub.error(what, name_or_path, "has no value head to load (model.value_head=checkpoint); "
+                                                           "use model.value_head=auto or seed"))
+        return mode
+    return "seed" if kind in (None, "initial") else "checkpoint"
+
+
+def load(name_or_path, *, value_head_seed: int = 0, dtype: str = "float32", what: str | None = None,
+         value_head: str = "checkpoint"):
     """A causal-LM checkpoint -> ``(cfg, params)`` with a value head.
 
     ``name_or_path``: a local directory (``config.json`` + weights) or a hub id such as ``"gpt2"``
     (downloaded or read from the HF cache; with ``HF_HUB_OFFLINE=1`` only the cache is used).
     ``dtype`` sets the compute dtype (params are float32 either way). ``what`` (e.g. ``"--policy"``)
-    starts every error message.
+    starts every error message. ``value_head``: ``"checkpoint"`` uses a stored head when there is
+    one (else draws it from ``value_head_seed``); ``"seed"`` always draws it; ``"auto"`` decides by
+    ``value_head_choice``.
     """
+    if value_head == "auto":
+        value_head = value_head_choice(name_or_path, "auto", what=what)
     d = hub.resolve(name_or_path, what=what)
     raw = hub.read_config(d, what=what, name=name_or_path)
     try:
@@ -116,7 +171,10 @@ def load(name_or_path, *, value_head_seed: int = 0, dtype: str = "float32", what
         raise InvalidInput(hub.error(what, name_or_path, str(e))) from None
     sd = hub.read_state_dict(d, what=what, name=name_or_path)  # its errors already name the flag
     vh = d / VALUE_HEAD_FILE
-    if vh.is_file():
+    if value_head == "seed":
+        sd.pop(_VHEAD_W, None)
+        sd.pop(_VHEAD_B, None)
+    elif vh.is_file():
         from safetensors.numpy import load_file
 
         try:
@@ -138,16 +196,20 @@ def _dir_mode() -> int:
     return 0o777 & ~mask
 
 
-def save(path, cfg, params, tokenizer=None) -> pathlib.Path:
+def save(path, cfg, params, tokenizer=None, *, value_head: str = "trained") -> pathlib.Path:
     """Write a directory that transformers and TRL load (+ ``value_head.safetensors``, + tokenizer).
 
     ``config.json``, ``model.safetensors`` (float32, with the value head under TRL's
     ``v_head.summary.*`` keys) and ``value_head.safetensors`` (the same head alone) and, if
     ``tokenizer`` is given, its files. A LoRA policy is written merged (W + s·A@B; the adapters
     alone: ``rajax.io.peft.save_adapter``). Written to a temporary sibling directory and renamed into
-    place, so a crash never leaves a half-written checkpoint at ``path``.
+    place, so a crash never leaves a half-written checkpoint at ``path``. ``value_head`` records
+    whether the head was trained (``"trained"``, after PPO) or only drawn (``"initial"``, e.g. SFT),
+    which decides ``model.value_head=auto`` when a run starts from this directory.
     """
     from safetensors.numpy import save_file
+
+    meta = value_head_metadata(value_head)
 
     cfg, params = lora.merge(cfg, params)
     conv = _converter_for_config(cfg)
@@ -160,8 +222,8 @@ def save(path, cfg, params, tokenizer=None) -> pathlib.Path:
         # transformers refuses safetensors files without format metadata.
         # The value head also inside model.safetensors under TRL's keys: TRL's
         # AutoModelForCausalLMWithValueHead reads it from there (transformers ignores the two keys).
-        save_file(to_state_dict(cfg, params, value_head=True), tmp / "model.safetensors", metadata={"format": "pt"})
-        save_file(value_head_to_hf(params["v_head"]), tmp / VALUE_HEAD_FILE, metadata={"format": "pt"})
+        save_file(to_state_dict(cfg, params, value_head=True), tmp / "model.safetensors", metadata=meta)
+        save_file(value_head_to_hf(params["v_head"]), tmp / VALUE_HEAD_FILE, metadata=meta)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
         old = None

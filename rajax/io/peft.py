@@ -70,7 +70,7 @@ def save_adapter(path, cfg, params, *, base_model: str | None = None) -> pathlib
         tensors[f"{_PREFIX}{name}.lora_B.weight"] = np.ascontiguousarray(np.asarray(ad["b"], np.float32).T)
     save_file(tensors, path / WEIGHTS_FILE, metadata={"format": "pt"})
     (path / CONFIG_FILE).write_text(json.dumps(adapter_config(cfg, base_model), indent=2) + "\n")
-    save_file(hf.value_head_to_hf(params["v_head"]), path / hf.VALUE_HEAD_FILE, metadata={"format": "pt"})
+    save_file(hf.value_head_to_hf(params["v_head"]), path / hf.VALUE_HEAD_FILE, metadata=hf.value_head_metadata("trained"))
     return path
 
 

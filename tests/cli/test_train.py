@@ -29,12 +29,15 @@ def test_rtp_command_two_iterations_leaves_everything(train_world, tmp_path, cap
     # α′ follows the schedule: whole batch at m=0 (m <= n), ⌈0.2·8⌉ = 2 at m = ⌈ρM⌉ = 1.
     assert [r["risk/alpha_prime"] for r in recs] == [8.0, 2.0]
     for tag in ("env/reward_mean", "env/reward_std", "objective/kl", "objective/kl_coef", "objective/entropy",
-                "ppo/returns/mean", "tokens/responses_len_mean", "risk/alpha_prime", "risk/quantile"):
+                "ppo/returns/mean", "tokens/responses_len_mean", "risk/alpha_prime", "risk/quantile",
+                "risk/tail_frac", "risk/kept_tail_frac"):
         assert tag in recs[0], tag
+    assert recs[0]["risk/kept_tail_frac"] == recs[0]["risk/tail_frac"]  # α′ = B keeps every episode
     assert recs[1]["objective/kl_coef"] != recs[0]["objective/kl_coef"]  # adaptive KL moved β
     assert list((out / "tb").glob("events.out.tfevents.*"))
     assert sorted(p.name for p in (out / "samples").glob("*.csv")) == ["iter_00000.csv", "iter_00001.csv"]
     assert (out / "config.yaml").exists() and (out / "curves.png").stat().st_size > 1000
+    assert "value_head: checkpoint" in (out / "config.yaml").read_text()  # auto, resolved and recorded
     assert 2 in [int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit()]
     # The exported policy loads in transformers and in rajax.
     import transformers

@@ -89,3 +89,39 @@ def test_a_reference_of_another_family(eval_run, tiny_lm, tmp_path):
     with pytest.raises(ValueError, match=r"policy 'j' sampled token id \d+, beyond the KL reference 'ref'"):
         E.evaluate(cfg, pol, str(tmp_path / "bad"), reward=reward, tokenizer=tok, task_data=data,
                    key=jax.random.key(0), progress=False)
+
+
+def test_several_samples_per_prompt(eval_run, tiny_lm, tmp_path):
+    """eval.samples_per_prompt=3: every prompt gets 3 rows in a row, each sampled on its own; the
+    metrics average over all rows and the prompt-level counts stay per prompt."""
+    import jax
+    import pandas as pd
+
+    from rajax import config, tasks
+    from rajax.rewards import PythonReward
+
+    root = tiny_lm["root"]
+    cfg = config.load_config("rtp", None, [
+        "data.source=file", f"data.path={root / 'train.csv'}", f"data.test_path={root / 'test.csv'}",
+        "data.label_column=label", "generation.prompt_tokens=4", "generation.max_new_tokens=5",
+        "generation.min_length=0", "eval.batch_size=4", "eval.ppl_num_texts=2", "eval.test_size=5",
+        "eval.samples_per_prompt=3", "eval.tail_threshold=3", "eval.cvar_alphas=[0.2]",
+        f"model.policy={root / 'gpt2'}", f"reward.model={root / 'bert'}"])
+    reward = PythonReward(lambda t: float(len(t.split())))
+    data = tasks.load(cfg, tiny_lm["tok"], require=("test",))
+    m = E.evaluate(cfg, {"p": (tiny_lm["cfg"], tiny_lm["params"])}, str(tmp_path), reward=reward,
+                   tokenizer=tiny_lm["tok"], task_data=data, key=jax.random.key(0), progress=False,
+                   extra_scorers={"chars": lambda texts: np.array([len(t) for t in texts], float)})
+    df = pd.read_csv(tmp_path / "generations.csv", keep_default_na=False)
+    assert len(df) == 15 and list(df["sample"]) == [0, 1, 2] * 5
+    prompts = df["prompt"].tolist()
+    assert prompts == [q for q in prompts[::3] for _ in range(3)]
+    assert df.groupby("prompt")["response_p"].nunique().max() > 1  # the repeats are sampled independently
+    p = m["policies"]["p"]
+    assert m["n_test"] == 5 and m["samples_per_prompt"] == 3
+    assert p["reward"] == pytest.approx(df["reward_p"].mean())
+    tail = df["prompt_score"] < 3
+    assert m["n_tail"] == int(tail.sum()) // 3 and p["tail"] == pytest.approx(df.loc[tail, "reward_p"].mean())
+    assert p["cvar"]["0.2"] == pytest.approx(np.sort(df["reward_p"])[:3].mean())
+    assert p["extra_cvar"]["chars"]["0.2"] == pytest.approx(np.sort(df["chars_p"])[:3].mean())
+    assert p["extra_tail"]["chars"] == pytest.approx(df.loc[tail, "chars_p"].mean())

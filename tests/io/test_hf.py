@@ -228,3 +228,37 @@ def test_hub_id_from_offline_cache(ckpts, tmp_path, monkeypatch):
     cfg, params = hf.load("someone/tiny-gpt2")
     assert cfg.n_layer == 2
     _assert_params_equal_torch(params, m, 2)
+
+
+def test_value_head_provenance(tmp_path):
+    """model.value_head=auto: a head marked initial (an SFT output) or absent is drawn from the run's
+    seed; a trained one (after PPO), or an unmarked one (TRL, older exports), is loaded."""
+    cfg = gpt2.GPT2Config(**TINY)
+    params = _random_params(cfg, 3)
+    sft = hf.save(tmp_path / "sft", cfg, params, value_head="initial")
+    ppo = hf.save(tmp_path / "ppo", cfg, params)  # default: trained
+    assert hf.stored_value_head(sft) == "initial" and hf.stored_value_head(ppo) == "trained"
+    assert hf.value_head_choice(sft) == "seed" and hf.value_head_choice(ppo) == "checkpoint"
+    assert hf.value_head_choice(ppo, "seed") == "seed" and hf.value_head_choice(sft, "checkpoint") == "checkpoint"
+    heads = {s: hf.load(sft, value_head_seed=s, value_head="auto")[1]["v_head"] for s in (1, 2)}
+    assert not np.allclose(heads[1]["kernel"], heads[2]["kernel"])  # one head per PPO seed
+    chex.assert_trees_all_equal(heads[1], init_value_head(cfg.n_embd, jax.random.key(1)))
+    chex.assert_trees_all_equal(hf.load(ppo, value_head_seed=1, value_head="auto")[1]["v_head"], params["v_head"])
+    # A plain transformers directory has no head: drawn; "checkpoint" then refuses in one line.
+    plain = tmp_path / "plain"
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=97,
+                                                         n_positions=32)).save_pretrained(plain)
+    assert hf.stored_value_head(plain) is None and hf.value_head_choice(plain) == "seed"
+    with pytest.raises(ValueError, match=r"has no value head to load \(model.value_head=checkpoint\)"):
+        hf.value_head_choice(plain, "checkpoint", what="--policy")
+    # A TRL-style checkpoint: v_head keys inside model.safetensors, no rajax record -> loaded.
+    trl = tmp_path / "trl"
+    trl.mkdir()
+    sd = _sd(transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=97,
+                                                                  n_positions=32)))
+    sd["v_head.summary.weight"], sd["v_head.summary.bias"] = np.ones((1, 16), np.float32), np.zeros(1, np.float32)
+    save_file(sd, trl / "model.safetensors", metadata={"format": "pt"})
+    (trl / "config.json").write_text((plain / "config.json").read_text())
+    assert hf.stored_value_head(trl) == "unmarked" and hf.value_head_choice(trl) == "checkpoint"
+    with pytest.raises(ValueError, match="value_head='bogus'"):
+        hf.value_head_choice(trl, "bogus")

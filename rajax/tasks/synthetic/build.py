@@ -24,14 +24,20 @@ from rajax.rewards import RewardModel
 from rajax.tasks.synthetic.world import EOS, generate, ground_truth_score
 
 # Bump whenever the generator, the sizes or the model recipes change: a cache with another stamp is rebuilt.
-VERSION = "synthetic-v1.0"
+VERSION = "synthetic-v1.1"  # 1.1: 4,096 more RL prompts (drawn last), policy config dropout 0.1, head marked initial
 
 # ``full`` is what ``bin/train --task synthetic`` uses; ``small`` is for tests (seconds, not a minute).
 SIZES = {
-    "full": dict(n_train=2048, n_test=256, n_lm=3072, n_clf=3072, lm_epochs=2, clf_epochs=3),
-    "small": dict(n_train=256, n_test=64, n_lm=256, n_clf=1536, lm_epochs=1, clf_epochs=3),
+    # n_train_extra (v1.1, docs/study.md): RL prompts drawn after every other split, so that a run of
+    # the paper's proportions (batch 64, 96 iterations) is one pass while the first 2,048 prompts, the
+    # test split, the tokenizer, the policy and the classifier stay exactly those of v1.0.
+    "full": dict(n_train=2048, n_test=256, n_lm=3072, n_clf=3072, lm_epochs=2, clf_epochs=3, n_train_extra=4096),
+    "small": dict(n_train=256, n_test=64, n_lm=256, n_clf=1536, lm_epochs=1, clf_epochs=3, n_train_extra=0),
 }
-POLICY = dict(n_positions=128, n_embd=64, n_layer=2, n_head=2, dropout=0.0)
+# dropout 0.1 is GPT-2's (and the paper's SFT models'): it is only in config.json, since pretraining
+# runs without dropout and PPO passes are deterministic (docs/paper.md #11); it matters only with
+# generation.rollout_dropout=true (quirk #10), which the world's v1.0 policy could not express.
+POLICY = dict(n_positions=128, n_embd=64, n_layer=2, n_head=2, dropout=0.1)
 CLASSIFIER = dict(hidden=64, layers=2, heads=2, intermediate=128, max_position=128)
 TOKENIZER_VOCAB = 1024  # byte-level BPE: 256 bytes + merges; with ~350 words nearly every word is one token
 LM_MAX_TOKENS = 48      # documents are <= ~50 tokens; truncating the few longer ones keeps steps cheap
@@ -194,7 +200,8 @@ def _build(out: pathlib.Path, seed: int, size: str, progress: bool) -> dict:
     """Write every asset into ``out`` (a fresh directory); returns the build report."""
     t0 = time.time()
     sz = SIZES[size]
-    c = generate(seed, n_train=sz["n_train"], n_test=sz["n_test"], n_lm=sz["n_lm"], n_clf=sz["n_clf"])
+    c = generate(seed, n_train=sz["n_train"], n_test=sz["n_test"], n_lm=sz["n_lm"], n_clf=sz["n_clf"],
+                 n_train_extra=sz["n_train_extra"])
     data = out / "data"
     data.mkdir(parents=True)
     _write_jsonl(data / "train.jsonl", [{"text": t, "label": int(l)} for t, l in zip(c.train, c.train_labels)])
@@ -204,14 +211,14 @@ def _build(out: pathlib.Path, seed: int, size: str, progress: bool) -> dict:
                                          "classifier": len(c.clf)}}
 
     t = time.time()
-    tok = _train_tokenizer(c.lm + c.train + c.clf)
+    tok = _train_tokenizer(c.lm + c.train[:sz["n_train"]] + c.clf)  # v1.0's texts: the same tokenizer
     tok.save_pretrained(str(out / "tokenizer"))
     report["tokenizer"] = {"vocab": len(tok), "eos_id": tok.eos_token_id, "seconds": round(time.time() - t, 2)}
     _log(progress, f"tokenizer: byte-level BPE, {len(tok)} tokens ({time.time() - t:.1f}s)")
 
     t = time.time()
     pcfg, pparams, lm_losses = _pretrain_policy(tok, c.lm, epochs=sz["lm_epochs"], seed=seed, progress=progress)
-    hf.save(out / "policy", pcfg, pparams, tokenizer=tok)
+    hf.save(out / "policy", pcfg, pparams, tokenizer=tok, value_head="initial")  # SFT: head never trained
     report["policy"] = {"steps": len(lm_losses), "loss_first": lm_losses[0],
                         "loss_last": float(np.mean(lm_losses[-10:])), "seconds": round(time.time() - t, 2)}
     _log(progress, f"policy: GPT-2 {pcfg.n_layer}x{pcfg.n_embd} pretrained, {len(lm_losses)} steps, "

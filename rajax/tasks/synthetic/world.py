@@ -166,8 +166,11 @@ def _document(rng: np.random.Generator, start: int | None = None) -> tuple[str, 
 
 
 def generate(seed: int = 0, *, n_train: int = 2048, n_test: int = 256, n_lm: int = 4096,
-             n_clf: int = 3072) -> Corpus:
-    """The seeded corpus (same seed -> same texts). The test split is exactly half hostile-opening."""
+             n_clf: int = 3072, n_train_extra: int = 0) -> Corpus:
+    """The seeded corpus (same seed -> same texts). The test split is exactly half hostile-opening.
+
+    ``n_train_extra`` more training documents are drawn last, after every other split, so that
+    adding them leaves the other splits (and everything built from them) exactly as they were."""
     if n_test % 2:
         raise InvalidInput(f"n_test must be even (half hostile, half not), got {n_test}")
     rng = np.random.Generator(np.random.PCG64(seed))
@@ -185,6 +188,7 @@ def generate(seed: int = 0, *, n_train: int = 2048, n_test: int = 256, n_lm: int
             a = int(rng.integers(len(words)))
             doc = " ".join(words[a:a + int(rng.integers(3, 12))])
         clf.append(doc)
+    train += [_document(rng) for _ in range(n_train_extra)]
     lab = lambda docs: np.array([int(s == HOSTILE) for _, s in docs], np.int32)  # noqa: E731
     return Corpus([t for t, _ in train], lab(train), [t for t, _ in test], lab(test), lm, clf)
 
