@@ -1,26 +1,80 @@
-"""bin/study: RLHF and RA-RLHF for each seed on the tiny training world, then the side-by-side table."""
+"""bin/study on the tiny training world: RLHF and RA-RLHF per seed plus an ablation, the tables with
+intervals and paired differences, the figures, and a study that continues after an interruption."""
 import json
+import shutil
 
+import pytest
 from tiny import TRAIN_TINY
 
 from rajax.cli import study as cli_study
 
 
-def test_study_runs_both_arms_per_seed_and_writes_the_table(train_world, tmp_path, capsys):
-    out = tmp_path / "study"
-    train_args = ["--policy", str(train_world / "policy"), "--reward-model", str(train_world / "reward"),
-                  "--data", str(train_world / "prompts.jsonl"), "--iterations", "2", "--risk-n", "0",
-                  "--risk-rho", "0.5", "--risk-M", "2"]
+def _train_args(world):
+    args = ["--policy", str(world / "policy"), "--reward-model", str(world / "reward"),
+            "--data", str(world / "prompts.jsonl"), "--iterations", "2", "--risk-n", "0",
+            "--risk-rho", "0.5", "--risk-M", "2"]
     for s in TRAIN_TINY:
-        train_args += ["--set", s]
-    assert cli_study.main(["--task", "rtp", "--seeds", "0", "1", "--alpha", "0.25", "--out", str(out),
-                           "--", *train_args]) == 0
-    res = json.loads((out / "study.json").read_text())
-    assert set(res) == {"init", "rlhf", "ra-rlhf"} and all(len(v) == 2 for v in res.values())
-    for method, alpha in (("rlhf", 1.0), ("ra-rlhf", 0.25)):
+        args += ["--set", s]
+    return args
+
+
+def test_study_runs_arms_and_ablations_and_continues_where_it_stopped(train_world, tmp_path, capsys):
+    out = tmp_path / "study"
+    argv = ["--task", "rtp", "--seeds", "0", "1", "--alphas", "0.25", "--ablations", "kl_kept_mean",
+            "--out", str(out), "--", *_train_args(train_world)]
+    assert cli_study.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "study: 6 runs" in printed and "expected duration: unknown until the first run ends" in printed
+    assert "[6/6] kl_kept_mean/ra0.25-s1" in printed
+    for setting, arm, alpha in (("main", "rlhf", 1.0), ("main", "ra0.25", 0.25), ("kl_kept_mean", "ra0.25", 0.25)):
         for seed in (0, 1):
-            cfg = (out / f"{method}-s{seed}" / "config.yaml").read_text()
+            cfg = (out / setting / f"{arm}-s{seed}" / "config.yaml").read_text()
             assert f"alpha: {alpha}" in cfg and f"seed: {seed}" in cfg
+            assert ("kl_stat: kept_mean" in cfg) == (setting == "kl_kept_mean")
+            assert (out / "logs" / f"{setting}-{arm}-s{seed}.log").read_text().startswith("$ ")
+    res = json.loads((out / "study.json").read_text())
+    assert set(res["arms"]) == {"init", "rlhf", "ra0.25", "kl_kept_mean/ra0.25"}
+    assert set(res["paired"]) == {"α=0.25 − RLHF", "kl_kept_mean: α=0.25 − RLHF"}
+    p = res["paired"]["α=0.25 − RLHF"]["tail"]
+    per = {(r["arm"], r["seed"]): r["metrics"]["tail"] for r in res["runs"] if r["setting"] == "main"}
+    assert p["diffs"] == pytest.approx([per[("ra0.25", s)] - per[("rlhf", s)] for s in (0, 1)])
+    assert p["decision"] in ("improves", "hurts", "no detectable difference")
+    assert len(res["mechanism"]["ra0.25"]["risk/kept_tail_frac"]["mean"]) == 2
     md = (out / "study.md").read_text()
-    assert "| rlhf | 2 |" in md and "| ra-rlhf | 2 |" in md and "| init | 2 |" in md
-    assert "| ra-rlhf | 2 |" in capsys.readouterr().out
+    assert "| metric | init (n=2) | rlhf (n=2) | ra0.25 (n=2) |" in md and "kl_kept_mean: α=0.25 − RLHF" in md
+    assert (out / "study.png").stat().st_size > 5000 and (out / "mechanism.png").stat().st_size > 5000
+
+    # An interrupted study: one run lost its evaluation (resumes from its checkpoint), one never
+    # started. Running the same command again redoes only those two.
+    shutil.rmtree(out / "main" / "ra0.25-s1" / "eval")
+    shutil.rmtree(out / "kl_kept_mean" / "ra0.25-s0")
+    before = (out / "main" / "rlhf-s0" / "metrics.jsonl").read_text()
+    assert cli_study.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "4 already done" in printed and "[6/6]" in printed and "[5/6]" in printed and "[4/6]" not in printed
+    assert "--resume" in (out / "logs" / "main-ra0.25-s1.log").read_text()
+    assert (out / "main" / "rlhf-s0" / "metrics.jsonl").read_text() == before
+    assert (out / "kl_kept_mean" / "ra0.25-s0" / "eval" / "metrics.json").is_file()
+
+
+def test_study_refusals(train_world, tmp_path, capsys):
+    out = tmp_path / "study"
+    (out / "mine").mkdir(parents=True)
+    base = ["--task", "rtp", "--seeds", "0", "--alphas", "0.25", "--out", str(out), "--", *_train_args(train_world)]
+    assert cli_study.main(base) == 2
+    assert "is not empty and holds no study" in capsys.readouterr().err
+    assert cli_study.main(["--task", "rtp", "--seeds", "0", "--", "--alpha", "0.3"]) == 2
+    assert "--alpha after -- would change one arm" in capsys.readouterr().err
+    assert cli_study.main(["--task", "rtp", "--ablations", "bogus", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown ablation 'bogus'" in capsys.readouterr().err
+    # A study directory remembers its plan: other seeds are refused, the same command continues.
+    (out / "mine").rmdir()
+    out.rmdir()
+    assert cli_study.main(base + ["--set", "train.checkpoint_every=0"]) == 0
+    capsys.readouterr()
+    other = ["--task", "rtp", "--seeds", "0", "1", "--alphas", "0.25", "--out", str(out), "--",
+             *_train_args(train_world), "--set", "train.checkpoint_every=0"]
+    kept = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert cli_study.main(other) == 2
+    assert "holds a study with other seeds" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == kept  # nothing touched
