@@ -36,7 +36,7 @@ PLAN_FILE = "study-plan.json"
 TIMES_FILE = "runs.jsonl"
 # Seconds per run measured for the synthetic preset's runs on the 2-core development machine
 # (docs/study.md): the estimate printed before the first run of a study finishes.
-REFERENCE_SECONDS = {"synthetic": {study.MAIN: 27.0, "small_batch": 14.0}}
+REFERENCE_SECONDS = {"synthetic": {study.MAIN: 19.4, "small_batch": 10.5}}
 
 
 def check_train_args(train_args) -> None:
