@@ -26,6 +26,7 @@ import time
 import yaml
 
 from rajax import __version__, study, tasks
+from rajax import config as config_lib
 from rajax.cli import common, train
 from rajax.core.errors import InvalidInput, train_command
 
@@ -85,8 +86,6 @@ def _alphas(args) -> list[float]:
         return list(args.alphas)
     if args.alpha is not None:
         return [args.alpha]
-    from rajax import config as config_lib
-
     a = config_lib.load_config(args.task).risk.alpha
     if a >= 1.0:
         raise InvalidInput(f"the {args.task!r} preset is RLHF (risk.alpha=1); give the RA-RLHF level with --alphas")
