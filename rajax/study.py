@@ -41,7 +41,7 @@ ABLATIONS = {
     "rollout_dropout": Ablation(("--set", "generation.rollout_dropout=true"), True,
                                 "sample rollouts with dropout, as the original code"),
     "small_batch": Ablation(("--batch-size", "32", "--iterations", "64", "--risk-n", "2", "--risk-rho", "0.8"), True,
-                            "the synthetic task's earlier settings: batch 32, 64 iterations, n 2, ρ 0.8"),
+                            "batch 32, 64 iterations, n 2, ρ 0.8 (the offline task's settings before v1.1)"),
 }
 MAIN = "main"
 

@@ -35,9 +35,6 @@ ARM_FLAGS = ("--alpha", "--risk", "--seed", "--out", "--resume", "--overwrite", 
 ARM_KEYS = ("risk.alpha", "train.seed")
 PLAN_FILE = "study-plan.json"
 TIMES_FILE = "runs.jsonl"
-# Seconds per run measured for the synthetic preset's runs on the 2-core development machine
-# (docs/study.md): the estimate printed before the first run of a study finishes.
-REFERENCE_SECONDS = {"synthetic": {study.MAIN: 19.4, "small_batch": 10.5}}
 
 
 def check_train_args(train_args) -> None:
@@ -136,7 +133,7 @@ def _estimate(task: str, runs: list[study.Run], times: dict[str, float]) -> floa
     for key, s in times.items():
         by_setting.setdefault(key.split("/")[0], []).append(s)
     every = [s for v in by_setting.values() for s in v]
-    ref = REFERENCE_SECONDS.get(task, {})
+    ref = tasks.get(config_lib.load_config(task).data.source).study_seconds or {}  # the task's measured runs
     total = 0.0
     for r in runs:
         if r.setting in by_setting:

@@ -109,6 +109,9 @@ class Task:
     # assets), whichever task the data comes from; None: the task has no such placeholder.
     placeholder: str | None = None
     class_names: dict = {0: "Non toxic", 1: "Toxic"}  # test-set label -> name, for the figures
+    # Measured seconds of one run with its evaluation per study setting ("main", an ablation), for
+    # the duration that bin/study prints before its first run ends; None: not measured.
+    study_seconds: dict | None = None
 
     def resolve(self, cfg, *, progress: bool = True):
         """``cfg`` with anything task-specific filled in (placeholders, built assets). Runs first."""

@@ -78,3 +78,14 @@ def test_study_refusals(train_world, tmp_path, capsys):
     assert cli_study.main(other) == 2
     assert "holds a study with other seeds" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == kept  # nothing touched
+
+
+def test_dry_run_lists_the_runs_and_the_expected_duration(capsys):
+    """--dry-run runs nothing; the offline task's measured run times give the estimate."""
+    assert cli_study.main(["--task", "synthetic", "--seeds", "0", "1", "--alphas", "0.2",
+                           "--ablations", "small_batch", "--out", "/nonexistent/study", "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("main/rlhf-s0: ") and "--alpha 1 " in out[0] + " "
+    assert any(line.startswith("small_batch/ra0.2-s1: ") and "--batch-size 32" in line for line in out)
+    # 4 main runs x 19.4 s + 4 small-batch runs x 10.5 s = 119.6 s
+    assert out[-1] == "8 runs; expected duration: 2.0 min"
