@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Every GPU measurement the issues ask for, in ONE device call, ours and the PyTorch peer on the same
-# card. The device call carries only this repository: first copy the peer to .carry/torch_ppo_baseline.py
-# (where it comes from and the exact commands: see CONTRIBUTING.md, "The GPU session"),
-# then run, with carry [".carry"]:   bash bench/gpu.sh
+# card. The peer is bench/torch_peer.py (TRL 0.7's compute pattern; bench/NOTES.md has the check of it
+# against the team's reference peer), so the device call needs nothing but this repository:
+#   bash bench/gpu.sh
 # MODEL=tiny BATCH=16 bash bench/gpu.sh   is a CPU dry run of the same sequence.
+# bench/cpu_vs_torch.sh is the CPU comparison (interleaved runs and the ratio table).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 OUT=${OUT:-$(mktemp -d)}
@@ -21,17 +22,13 @@ for task in imdb rtp; do
   run $PY bench/iteration.py --task $task --model "$MODEL" --batch "$BATCH" --dtype bfloat16 --iters 5
 done
 run $PY bench/iteration.py --task imdb --model "$MODEL" --batch "$BATCH" --dtype float32 --iters 3
-if [ -f .carry/torch_ppo_baseline.py ]; then
-  for task in imdb rtp; do
-    if [ "$MODEL" = tiny ]; then
-      DEV=cpu GPT2_CFG='{"n_layer":2,"n_embd":64,"n_head":2}' run $PY .carry/torch_ppo_baseline.py --task $task --iters 2 --batch "$BATCH"
-    else
-      run $PY .carry/torch_ppo_baseline.py --task $task --iters 3
-    fi
-  done
-else
-  log "no .carry/torch_ppo_baseline.py: the peer baseline was not run"
-fi
+for task in imdb rtp; do
+  if [ "$MODEL" = tiny ]; then
+    run $PY bench/torch_peer.py --model tiny --device cpu --task $task --iters 2 --batch "$BATCH"
+  else
+    run $PY bench/torch_peer.py --task $task --iters 3 --batch "$BATCH"
+  fi
+done
 if [ "$MODEL" != tiny ]; then
   STEP_TIMEOUT=${XL_TIMEOUT:-300} run $PY bench/iteration.py --task imdb --model gpt2-xl --remat --dtype bfloat16 --iters 2
 fi

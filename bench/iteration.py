@@ -7,7 +7,10 @@
 Random weights (no downloads): a GPT-2 policy (and a frozen copy as the reference) and a BERT-base
 shaped reward classifier (toxic-bert's shape, 6 labels) with a WordPiece tokenizer trained here on
 pseudo-words. The GPT-2 ids are decoded through a pseudo-word vocabulary of GPT-2's size, so the
-host-side detokenise/retokenise work is of realistic size. Every row generates all N new tokens
+host-side detokenise/retokenise work is of realistic size. The tokenizer is trained on every
+pseudo-word, so a text of P+N GPT-2 tokens is about P+N+4 BERT tokens, as many as the PyTorch peer's
+P+N random ids (bench/torch_peer.py); `reward_tokens_mean` / `reward_width` in the output say what the
+classifier ran on. Every row generates all N new tokens
 (min_new_tokens = N), the worst case for sampling.
 
 Phases (medians over --iters after one warm-up iteration): sampling, reward (decode + tokenize +
@@ -15,6 +18,12 @@ classifier), forward (policy log-probs/values + reference log-probs), ppo (4 epo
 PPO update with the CVaR mask), total. Also: sampling tokens/s, PPO-update model TFLOP/s, peak device
 memory, and the number of compilations of each jitted phase (it must not grow after warm-up).
 Output: one JSON object per task on stdout, and `$OUT/iteration_<task>.json` when $OUT is set.
+
+`--undo FIX` puts back, for this run only, the code one of the CPU fixes of bench/NOTES.md (issue 16)
+replaced, to measure what that fix is worth in the same benchmark: `barrier` (no residual-gradient
+barrier), `logprob` (log-prob gathered from the full log-softmax), `buckets` (power-of-two BERT
+length buckets). The KV-cache layout is not undoable here; compare
+against an older checkout for it (bench/cpu_vs_torch.sh's RAJAX_ROOT).
 """
 from __future__ import annotations
 
@@ -34,6 +43,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rajax.core import parallel, ppo, rollout  # noqa: E402
+from rajax.models import base as model_base  # noqa: E402
 from rajax.models import bert, gpt2  # noqa: E402
 from rajax.rewards import RewardModel  # noqa: E402
 
@@ -77,6 +87,21 @@ def bert_tokenizer(words, vocab_size):
                                    cls_token="[CLS]", sep_token="[SEP]", model_max_length=512)
 
 
+def logprobs_full_softmax(logits_BxTxV, tokens_BxT):
+    """The log-prob as rajax computed it before issue 16: gathered from the full log-softmax."""
+    logp = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(logp, tokens_BxT[..., None], axis=-1)[..., 0]
+
+
+def undo(fixes) -> dict:
+    """Put back the code each named fix replaced (module attributes, before anything is traced)."""
+    if "barrier" in fixes:
+        gpt2.residual_grad_barrier = lambda x: x
+    if "logprob" in fixes:
+        model_base.logprobs_of = logprobs_full_softmax
+    return {"buckets": (32, 64, 128, 256, 512)} if "buckets" in fixes else {}
+
+
 def timed(fn):
     t = time.perf_counter()
     out = fn()
@@ -118,8 +143,8 @@ def bench_task(task, args):
     opt_state = parallel.replicate(tx.init(params), mesh)
     words = PseudoWords(cfg.vocab_size)
     reward = RewardModel(bcfg, bert.init(bcfg, jax.random.key(1)), [f"l{i}" for i in range(6)],
-                         bert_tokenizer(words.words[:5000], bcfg.vocab_size if args.model == "tiny" else 30522),
-                         index=0, sign=-1, batch_size=b)
+                         bert_tokenizer(words.words, bcfg.vocab_size if args.model == "tiny" else 30522),
+                         index=0, sign=-1, batch_size=b, **undo(args.undo))
     rng = np.random.default_rng(0)
     prompt_ids = rng.integers(0, cfg.vocab_size - 1, (b, p_len)).astype(np.int32)
     prompt_mask = np.ones((b, p_len), np.int32)
@@ -135,8 +160,10 @@ def bench_task(task, args):
         got = rollout.collect(cfg, params, ref_params, prompt_ids, prompt_mask, prompt_texts, k, reward=reward,
                               decode=words.batch_decode, settings=settings, mesh=mesh, overlap=False)
         t1 = time.perf_counter()
-        reward.encode([a + r for a, r in zip(prompt_texts, got.responses)])
+        chunks = reward.encode([a + r for a, r in zip(prompt_texts, got.responses)])
         t_tok = time.perf_counter() - t1
+        bert_tokens = [int(m[:n].sum(-1).mean()) for _, m, n in chunks]
+        bert_width = [int(ids.shape[1]) for ids, _, _ in chunks]
         alpha_prime = b if it % 2 else max(1, b // 5)  # alternate: α′ must not recompile
         (params, opt_state, stats, keep), t_p = timed(
             lambda: ppo.ppo_step(cfg, pcfg, params, opt_state, got.rollout, 0.2, alpha_prime, k, tx=tx))
@@ -153,12 +180,14 @@ def bench_task(task, args):
     med = {k: statistics.median(v) for k, v in times.items()}
     flops = ppo_flops(cfg, b, p_len, n_new, pcfg.ppo_epochs)
     return {
-        "task": task, "model": args.model, "dtype": args.dtype, "remat": args.remat, "batch": b,
+        "task": task, "model": args.model, "undone": sorted(args.undo), "dtype": args.dtype, "remat": args.remat, "batch": b,
         "prompt": p_len, "new_tokens": n_new, "device": str(jax.devices()[0].device_kind),
         "n_devices": len(jax.devices()), "jax": jax.__version__,
         "median_s": {k: round(v, 5) for k, v in med.items()},
         "sampling_tokens_per_s": round(b * n_new / med["sampling"], 1),
         "tokenize_share_of_reward": round(med["tokenize"] / med["reward"], 3),
+        # What the classifier ran on: mean real tokens per text, and the padded width (length bucket).
+        "reward_tokens_mean": bert_tokens, "reward_width": bert_width,
         "ppo_model_tflop": round(flops / 1e12, 3),
         "ppo_tflop_per_s": round(flops / med["ppo"] / 1e12, 2),
         "peak_device_bytes": peak_memory(),
@@ -175,6 +204,8 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--remat", action="store_true", help="rematerialise each block in the backward pass")
+    ap.add_argument("--undo", action="append", default=[], choices=["barrier", "logprob", "buckets"],
+                    help="put back the code a CPU fix replaced, to measure that fix (repeatable)")
     args = ap.parse_args(argv)
     results = []
     for task in (TASKS if args.task == "all" else [args.task]):

@@ -48,6 +48,14 @@ def _classifier_fn(cfg: bert.BertConfig):
     return jax.jit(functools.partial(bert.apply, cfg))
 
 
+# Length buckets: steps of 8 tokens up to 128, then 32 up to 256, then 64. The classifier's time is
+# linear in the padded width (bench/block.py: BERT-base at width 80 takes 1.25x its time at 64), so
+# a step of 8 wastes at most 7 tokens at the RL tasks' lengths (prompt + response ~ 40-130 BERT
+# tokens), where powers of two padded e.g. 67 tokens to 128, 1.6x the work (bench/NOTES.md, issue 16).
+# At most 24 programs, each compiled once per run, when first needed.
+BUCKETS = (*range(8, 129, 8), 160, 192, 224, 256, 320, 384, 448, 512)
+
+
 def _concat(prompts: Sequence[str], responses: Sequence[str]) -> list[str]:
     if len(prompts) != len(responses):
         raise InvalidInput(f"got {len(prompts)} prompts but {len(responses)} responses; they must pair up")
@@ -66,7 +74,7 @@ class RewardModel:
 
     def __init__(self, cfg: bert.BertConfig, params, labels: list[str], tokenizer, *, index: int,
                  sign: float = 1.0, max_length: int | None = None,
-                 buckets: Sequence[int] = (32, 64, 128, 256, 512), batch_size: int | None = None):
+                 buckets: Sequence[int] = BUCKETS, batch_size: int | None = None):
         if sign not in (1, -1, 1.0, -1.0):
             raise InvalidInput(f"sign must be +1 or -1, got {sign!r}")
         if not 0 <= index < cfg.num_labels:
@@ -164,7 +172,7 @@ def _label_index(labels: list[str], label: str | None, index: int | None) -> int
 
 def load_reward_model(name_or_path: str, *, label: str | None = None, index: int | None = None,
                       sign: int = 1, max_length: int | None = None,
-                      buckets: Sequence[int] = (32, 64, 128, 256, 512), batch_size: int | None = None,
+                      buckets: Sequence[int] = BUCKETS, batch_size: int | None = None,
                       dtype: str = "float32", what: str = "--reward-model") -> RewardModel:
     """Load a BERT/DistilBERT classifier checkpoint (local dir or hub id) as a ``RewardModel``.
 

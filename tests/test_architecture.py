@@ -138,3 +138,34 @@ def test_the_layers_test_would_catch_a_violation(tmp_path):
             raise AssertionError("the function-level import was not caught")
     finally:
         ROOT = old
+
+
+def _code_mentions(path: pathlib.Path, word: str) -> list[int]:
+    """Lines where ``word`` appears in code (names, attributes, string literals), docstrings excluded."""
+    tree = ast.parse(path.read_text(), str(path))
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                docstrings.add(id(first.value))
+    hits = []
+    for node in ast.walk(tree):
+        text = (node.value if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                and id(node) not in docstrings else
+                node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else
+                node.name if isinstance(node, (ast.FunctionDef, ast.ClassDef)) else "")
+        if word in text.lower():
+            hits.append(node.lineno)
+    return hits
+
+
+def test_no_task_is_special_cased_outside_the_tasks():
+    # A new task is a plug-in in rajax/tasks/: the trainer, evaluation, sft and the commands never name
+    # one (usage examples in docstrings aside).
+    paths = [ROOT / "trainer.py", ROOT / "sft.py", ROOT / "study.py",
+             *(ROOT / "evaluation").rglob("*.py"), *(ROOT / "cli").rglob("*.py")]
+    for task in ("synthetic", "imdb", "jigsaw", "rtp"):
+        found = {str(p.relative_to(ROOT)): _code_mentions(p, task) for p in paths}
+        assert not {k: v for k, v in found.items() if v}, f"{task} is named in code outside rajax/tasks: {found}"
+    assert _code_mentions(pathlib.Path(__file__), "synthetic")  # the probe itself finds a mention

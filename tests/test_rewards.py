@@ -83,7 +83,7 @@ def test_label_selection_and_errors(bert_ckpts):
     assert rewards.load_reward_model(bert_ckpts["distil"], label="positive", sign=-1).index == 1
     t = rewards.reward_for_task("toxic", bert_ckpts["bert"])
     p = rewards.reward_for_task("positive", bert_ckpts["distil"], max_length=16)
-    assert (t.label, t.sign, p.label, p.sign, p.buckets) == ("toxic", -1.0, "POSITIVE", 1.0, (16,))
+    assert (t.label, t.sign, p.label, p.sign, p.buckets) == ("toxic", -1.0, "POSITIVE", 1.0, (8, 16))
     o = rewards.reward_for_task("toxic", bert_ckpts["bert"], label="insult", sign=1)  # presets are overridable
     assert (o.label, o.sign) == ("insult", 1.0)
     with pytest.raises(ValueError, match=r"label 'funny' is not one of the checkpoint's labels \['NEGATIVE', "

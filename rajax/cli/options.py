@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import inspect
+import pathlib
 import re
 import typing
 
@@ -53,11 +55,26 @@ def choices() -> dict[str, tuple]:
 _FIELD = re.compile(r"^\s+(\w+)\s*:\s*[^=]+=.*?(?:#\s*(.*))?$")
 
 
+def _class_lines(cls) -> list[str]:
+    """The source lines of a top-level class, read from its file.
+
+    Not ``inspect.getsource``: for a class it parses the whole module with ``ast``, and on CPython
+    3.11.7 that once failed in the test suite with "SystemError: AST constructor recursion depth
+    mismatch" (a CPython bug of concurrent parsing, with background threads running)."""
+    lines = pathlib.Path(inspect.getsourcefile(cls)).read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if re.match(rf"class {cls.__name__}\b", line))
+    end = start + 1
+    while end < len(lines) and (not lines[end].strip() or lines[end][0].isspace()):
+        end += 1
+    return lines[start:end]
+
+
+@functools.cache
 def field_help(cls) -> dict[str, str]:
     """``{field: help}`` from the source of a config dataclass: the field's trailing comment, else the
     comment block right above it."""
     out, block = {}, []
-    for line in inspect.getsource(cls).splitlines():
+    for line in _class_lines(cls):
         stripped = line.strip()
         if stripped.startswith("#"):
             block.append(stripped.lstrip("# "))

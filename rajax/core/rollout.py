@@ -49,9 +49,16 @@ class Policy(Protocol):
 # token distributions
 # --------------------------------------------------------------------------------------------
 def logprobs_of(logits_BxTxV: jax.Array, tokens_BxT: jax.Array) -> jax.Array:
-    """log softmax(logits)[token], always in float32 (bfloat16 log-softmax over 50k entries is lossy)."""
-    logp = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
-    return jnp.take_along_axis(logp, tokens_BxT[..., None], axis=-1)[..., 0]
+    """log softmax(logits)[token], always in float32 (bfloat16 log-softmax over 50k entries is lossy).
+
+    Computed as logits[token] - logsumexp(logits): the same value as gathering from the full
+    log-softmax up to rounding, without writing the [B, T, V] log-softmax (on a CPU its value and
+    gradient take 28% less time; bench/block.py), and the logsumexp is the one
+    ``entropy_from_logits`` needs, so XLA can share it.
+    """
+    logits = logits_BxTxV.astype(jnp.float32)
+    picked = jnp.take_along_axis(logits, tokens_BxT[..., None], axis=-1)[..., 0]
+    return picked - jax.nn.logsumexp(logits, axis=-1)
 
 
 def entropy_from_logits(logits: jax.Array) -> jax.Array:

@@ -28,7 +28,7 @@ from flax import nnx
 
 from rajax.core.errors import InvalidInput
 from rajax.models.base import CausalLM, Output
-from rajax.models.layers import Dense, Embed, LayerNorm
+from rajax.models.layers import Dense, Embed, LayerNorm, residual_grad_barrier
 
 Params = dict[str, Any]
 
@@ -121,24 +121,32 @@ class Attention(nnx.Module):
         self.n_head = cfg.n_head
         self.rate = cfg.dropout
 
-    def __call__(self, x, key_mask_BxTxS, kv, write_index, dropout_key):
+    def __call__(self, x, key_mask_BxTxS, kv, write_index, dropout_key, layer=0):
         b, t, e = x.shape
         h, d = self.n_head, e // self.n_head
         q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)
         q, k, v = (a.reshape(b, t, h, d) for a in (q, k, v))
-        if kv is not None:
-            # Write this chunk's keys/values into the cache at [write_index, write_index + t).
-            k_cache, v_cache = kv
-            k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, write_index, 0, 0))
-            v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, write_index, 0, 0))
-            kv = (k, v)
-            k, v = k.astype(x.dtype), v.astype(x.dtype)
         k1, k2 = _split(dropout_key, 2)
-        scores = jnp.einsum("bthd,bshd->bhts", q, k).astype(jnp.float32) * (d**-0.5)
+        if kv is None:
+            scores = jnp.einsum("bthd,bshd->bhts", q, k)
+        else:
+            # The whole cache [L, B, H, S, D] comes in and goes out: this chunk's keys/values are written
+            # in place at layer ``layer``, slots [write_index, write_index + t), and the attention reads
+            # that layer in the [B, H, S, D] layout its batched matmuls want, so no decode step copies
+            # or transposes the cache (the per-layer [B, S, H, D] caches, stacked again after every
+            # step, made CPU sampling about 12% slower; bench/NOTES.md, issue 16).
+            k_all, v_all = kv
+            at = (layer, 0, 0, write_index, 0)
+            k_all = jax.lax.dynamic_update_slice(k_all, k.transpose(0, 2, 1, 3)[None].astype(k_all.dtype), at)
+            v_all = jax.lax.dynamic_update_slice(v_all, v.transpose(0, 2, 1, 3)[None].astype(v_all.dtype), at)
+            kv = (k_all, v_all)
+            k, v = k_all[layer].astype(x.dtype), v_all[layer].astype(x.dtype)
+            scores = jnp.einsum("bthd,bhsd->bhts", q, k)
+        scores = scores.astype(jnp.float32) * (d**-0.5)
         scores = jnp.where(key_mask_BxTxS[:, None], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1)
         probs = _dropout(probs, self.rate, k1).astype(x.dtype)
-        y = jnp.einsum("bhts,bshd->bthd", probs, v).reshape(b, t, e)
+        y = jnp.einsum("bhts,bshd->bthd" if kv is None else "bhts,bhsd->bthd", probs, v).reshape(b, t, e)
         return _dropout(self.c_proj(y), self.rate, k2), kv
 
 
@@ -161,9 +169,9 @@ class Block(nnx.Module):
         self.ln_2 = LayerNorm(cfg.n_embd, cfg.layer_norm_epsilon)
         self.mlp = MLP(cfg, rngs=rngs)
 
-    def __call__(self, x, key_mask, kv, write_index, dropout_key):
+    def __call__(self, x, key_mask, kv, write_index, dropout_key, layer=0):
         k1, k2 = _split(dropout_key, 2)
-        a, kv = self.attn(self.ln_1(x), key_mask, kv, write_index, k1)
+        a, kv = self.attn(self.ln_1(x), key_mask, kv, write_index, k1, layer)
         x = x + a
         x = x + self.mlp(self.ln_2(x), k2)
         return x, kv
@@ -191,23 +199,19 @@ class GPT2(nnx.Module):
         keys = _split(dropout_key, cfg.n_layer + 1)
         x = self.wte.embedding[...][input_ids] + self.wpe.embedding[...][positions]
         x = _dropout(x.astype(dt), cfg.dropout, keys[0])
-        new_k, new_v = [], []
+        kv = None if cache is None else (cache["k"], cache["v"])
         for i, block in enumerate(self.h):
-            kv = None if cache is None else (cache["k"][i], cache["v"][i])
-            fn = block
+            x = residual_grad_barrier(x)
             if cfg.remat:
                 fn = nnx.remat(lambda blk, *a: blk(*a))
-                x, kv = fn(block, x, key_mask, kv, write_index, keys[i + 1])
+                x, kv = fn(block, x, key_mask, kv, write_index, keys[i + 1], i)
             else:
-                x, kv = fn(x, key_mask, kv, write_index, keys[i + 1])
-            if kv is not None:
-                new_k.append(kv[0])
-                new_v.append(kv[1])
+                x, kv = block(x, key_mask, kv, write_index, keys[i + 1], i)
         hidden = self.ln_f(x)
         logits = _tied_logits(hidden, self.wte.embedding[...])
         # Value head in float32 (TRL upcasts it); its dropout is irrelevant since passes are eval-mode.
         values = self.v_head(hidden.astype(jnp.float32))[..., 0]
-        new_cache = None if cache is None else {"k": jnp.stack(new_k), "v": jnp.stack(new_v)}
+        new_cache = None if cache is None else {"k": kv[0], "v": kv[1]}
         return logits, values, hidden, new_cache
 
 
@@ -241,9 +245,10 @@ def positions_from_mask(attention_mask: jax.Array, offset: jax.Array | int = 0) 
 
 
 def init_cache(cfg: GPT2Config, batch: int, max_len: int, dtype=None) -> dict:
-    """Empty KV cache: k/v [L, B, S, H, D], slot mask [B, S], write index (scalar)."""
+    """Empty KV cache: k/v [L, B, H, S, D] (heads before slots: the attention's matmul layout), slot
+    mask [B, S], write index (scalar)."""
     dtype = dtype or cfg.compute_dtype
-    shape = (cfg.n_layer, batch, max_len, cfg.n_head, cfg.head_dim)
+    shape = (cfg.n_layer, batch, cfg.n_head, max_len, cfg.head_dim)
     return {
         "k": jnp.zeros(shape, dtype),
         "v": jnp.zeros(shape, dtype),

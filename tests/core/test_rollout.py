@@ -211,3 +211,15 @@ def test_tail_tokens_is_the_gptj_scripts_slice():
     np.testing.assert_array_equal(np.asarray(s.tokens)[2, :3], [31, 71, 72])
     np.testing.assert_array_equal(np.asarray(s.mask), [[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 0]])
     np.testing.assert_array_equal(np.asarray(s.logprobs)[1], [0, 0, 0, -1])  # prompt tokens were not sampled
+
+
+def test_logprobs_of_equals_the_gathered_log_softmax():
+    # logits[token] - logsumexp(logits) is the full log-softmax gathered, without writing it: check it
+    # at a vocabulary of GPT-2's size, with large offsets and a spread that float32 must survive.
+    logits = jax.random.normal(jax.random.key(0), (2, 3, 50257)) * 8.0 + 300.0
+    logits = logits.at[0, 0, 7].set(400.0).astype(jnp.bfloat16)
+    tokens = jnp.asarray([[7, 0, 50256], [1, 2, 3]])
+    want = jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32), -1), tokens[..., None], -1)[..., 0]
+    got = rollout.logprobs_of(logits, tokens)
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-4)

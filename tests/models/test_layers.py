@@ -31,3 +31,28 @@ def test_tree_paths():
     layers.set_path(tree, ("h", 0, "attn", "kernel"), 7)
     assert tree == {"h": {0: {"attn": {"kernel": 7}}}}
     assert layers.get_path(tree, ("h", 0, "attn", "kernel")) == 7
+
+
+def test_residual_grad_barrier_is_the_identity_and_is_compiled_in_on_cpu(monkeypatch):
+    # Forward and backward must equal the plain identity's through a nonlinear chain of "layers".
+    w = jax.random.normal(jax.random.key(0), (3, 8, 8)) * 0.5
+
+    def net(x, barrier):
+        for i in range(3):
+            x = barrier(x)
+            x = x + jnp.tanh(x @ w[i])
+        return jnp.sum(x**2)
+
+    x = jax.random.normal(jax.random.key(1), (4, 8))
+    for bx in (x, x.astype(jnp.bfloat16)):
+        got = jax.value_and_grad(net)(bx, layers.residual_grad_barrier)
+        want = jax.value_and_grad(net)(bx, lambda t: t)
+        np.testing.assert_array_equal(np.asarray(got[0], np.float32), np.asarray(want[0], np.float32))
+        np.testing.assert_allclose(np.asarray(got[1], np.float32), np.asarray(want[1], np.float32),
+                                   rtol=1e-6, atol=1e-6)
+    # On the CPU the backward carries the conditional that makes XLA write the gradient once...
+    hlo = jax.jit(jax.grad(net), static_argnums=1).lower(x, layers.residual_grad_barrier).compile().as_text()
+    assert "conditional" in hlo
+    # ...and elsewhere it is not there at all (the GPU programs stay as they were).
+    monkeypatch.setattr(layers.jax, "default_backend", lambda: "gpu")
+    assert layers.residual_grad_barrier(x) is x
