@@ -127,9 +127,8 @@ class Attention(nnx.Module):
         q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)
         q, k, v = (a.reshape(b, t, h, d) for a in (q, k, v))
         k1, k2 = _split(dropout_key, 2)
-        if kv is None:
-            scores = jnp.einsum("bthd,bshd->bhts", q, k)
-        else:
+        kv_layout = "bshd" if kv is None else "bhsd"  # the cache keeps heads before slots (below)
+        if kv is not None:
             # The whole cache [L, B, H, S, D] comes in and goes out: this chunk's keys/values are written
             # in place at layer ``layer``, slots [write_index, write_index + t), and the attention reads
             # that layer in the [B, H, S, D] layout its batched matmuls want, so no decode step copies
@@ -141,12 +140,11 @@ class Attention(nnx.Module):
             v_all = jax.lax.dynamic_update_slice(v_all, v.transpose(0, 2, 1, 3)[None].astype(v_all.dtype), at)
             kv = (k_all, v_all)
             k, v = k_all[layer].astype(x.dtype), v_all[layer].astype(x.dtype)
-            scores = jnp.einsum("bthd,bhsd->bhts", q, k)
-        scores = scores.astype(jnp.float32) * (d**-0.5)
+        scores = jnp.einsum(f"bthd,{kv_layout}->bhts", q, k).astype(jnp.float32) * (d**-0.5)
         scores = jnp.where(key_mask_BxTxS[:, None], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1)
         probs = _dropout(probs, self.rate, k1).astype(x.dtype)
-        y = jnp.einsum("bhts,bshd->bthd" if kv is None else "bhts,bhsd->bthd", probs, v).reshape(b, t, e)
+        y = jnp.einsum(f"bhts,{kv_layout}->bthd", probs, v).reshape(b, t, e)
         return _dropout(self.c_proj(y), self.rate, k2), kv
 
 

@@ -43,9 +43,9 @@ def residual_grad_barrier(x: jax.Array) -> jax.Array:
     Why: XLA:CPU's loop fusion duplicates cheap elementwise producers into every consumer. In the
     backward of a stack of pre-LN blocks the residual gradient is a chain of adds and LayerNorm
     backward terms through every later layer, and it was never written: each layer's fusions
-    recomputed the whole chain: a 12-layer GPT-2 small trunk's forward + backward took 1.38x as long
-    without this barrier (bench/block.py; bench/NOTES.md, issue 16). ``jax.lax.optimization_barrier`` does not help there (XLA:CPU
-    removes it before fusion); a conditional does. Values are unchanged: the forward is the identity
+    recomputed the whole chain. A 12-layer GPT-2 small trunk's forward + backward took 1.38x as long
+    without this barrier (bench/block.py; bench/NOTES.md, issue 16). ``jax.lax.optimization_barrier``
+    does not help there (XLA:CPU removes it before fusion); a conditional does. Values are unchanged: the forward is the identity
     and the backward returns the cotangent as it is. On other backends (the GPU, whose fusion has its
     own limits) this is the plain identity, so their programs are left exactly as they were.
     """
