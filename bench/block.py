@@ -15,7 +15,8 @@ turn (A, B, C, A, B, C, ...), so a drift of the machine hits every variant alike
   logsumexp form rajax uses against gathering from the full log-softmax, and torch's
   log_softmax + gather;
 - ``bert``: the BERT-base classifier (toxic-bert's shape) forward on [B, W] ids, W = 64 (the peer's
-  input) and 80 (the width an 80 bucket gives the bench's 67-token texts): transformers and rajax.
+  input) and 80: transformers, rajax, and rajax with its last layer computing every row instead of
+  only [CLS] (rajax/models/bert.py).
 
 One JSON object on stdout (each row also on stderr as it completes).
 """
@@ -128,6 +129,15 @@ def bert_forward(width, b, reps):
     ids = np.random.default_rng(0).integers(1000, 30000, (b, width)).astype(np.int32)
     jids, jmask = jnp.asarray(ids), jnp.ones((b, width), jnp.int32)
     ours = jax.jit(bert.apply, static_argnums=0)
+    # rajax as it was before its last layer computed only the [CLS] row (traced with that undone).
+    # A function of its own: jit wrappers of one function share traces.
+    all_rows = jax.jit(lambda c, *a: bert.apply(c, *a), static_argnums=0)
+    saved = bert.Layer.__call__
+    bert.Layer.__call__ = lambda self, x, key_mask, cls_only=False: saved(self, x, key_mask)
+    try:
+        jax.block_until_ready(all_rows(cfg, params, jids, jmask))
+    finally:
+        bert.Layer.__call__ = saved
     torch.manual_seed(0)
     model = BertForSequenceClassification(BertConfig(num_labels=6)).eval()
     tids = torch.from_numpy(ids.astype(np.int64))
@@ -137,7 +147,8 @@ def bert_forward(width, b, reps):
             model(input_ids=tids).logits
 
     return {"piece": f"bert{width}", "forward": interleaved(
-        {"torch": peer, "rajax": jax_fn(ours, cfg, params, jids, jmask)}, reps)}
+        {"torch": peer, "rajax": jax_fn(ours, cfg, params, jids, jmask),
+         "rajax_all_rows_in_last_layer": jax_fn(all_rows, cfg, params, jids, jmask)}, reps)}
 
 
 def main(argv=None):

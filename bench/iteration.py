@@ -22,7 +22,7 @@ Output: one JSON object per task on stdout, and `$OUT/iteration_<task>.json` whe
 `--undo FIX` puts back, for this run only, the code one of the CPU fixes of bench/NOTES.md (issue 16)
 replaced, to measure what that fix is worth in the same benchmark: `barrier` (no residual-gradient
 barrier), `logprob` (log-prob gathered from the full log-softmax), `buckets` (power-of-two BERT
-length buckets). The KV-cache layout is not undoable here; compare
+length buckets), `cls` (BERT's last layer computes every row, not only [CLS]). The KV-cache layout is not undoable here; compare
 against an older checkout for it (bench/cpu_vs_torch.sh's RAJAX_ROOT).
 """
 from __future__ import annotations
@@ -99,6 +99,9 @@ def undo(fixes) -> dict:
         gpt2.residual_grad_barrier = lambda x: x
     if "logprob" in fixes:
         model_base.logprobs_of = logprobs_full_softmax
+    if "cls" in fixes:
+        full = bert.Layer.__call__
+        bert.Layer.__call__ = lambda self, x, key_mask, cls_only=False: full(self, x, key_mask)
     return {"buckets": (32, 64, 128, 256, 512)} if "buckets" in fixes else {}
 
 
@@ -204,7 +207,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--remat", action="store_true", help="rematerialise each block in the backward pass")
-    ap.add_argument("--undo", action="append", default=[], choices=["barrier", "logprob", "buckets"],
+    ap.add_argument("--undo", action="append", default=[], choices=["barrier", "logprob", "buckets", "cls"],
                     help="put back the code a CPU fix replaced, to measure that fix (repeatable)")
     args = ap.parse_args(argv)
     results = []

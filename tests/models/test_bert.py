@@ -38,3 +38,19 @@ def test_bf16_close_to_f32(bert_ckpts, jit_apply):
     b16 = np.asarray(jit_apply(cfg.replace(dtype="bfloat16"), params, enc["input_ids"], enc["attention_mask"]))
     assert b16.dtype == np.float32
     assert np.abs(b16 - f32).max() <= 0.05 * max(1.0, np.abs(f32).max())
+
+
+def test_last_layer_computes_only_the_cls_row():
+    """The head reads the final [CLS] row only, so the last layer's FFN runs on one row per text
+    (the earlier layers on all of them); parity above shows the logits are unchanged."""
+    import jax
+    import jax.numpy as jnp
+
+    from rajax.models import bert
+
+    cfg = bert.BertConfig(vocab_size=50, hidden=16, layers=3, heads=2, intermediate=24, max_position=32)
+    params = bert.init(cfg, jax.random.key(0))
+    jaxpr = jax.make_jaxpr(lambda p, i: bert.apply(cfg, p, i))(params, jnp.ones((3, 10), jnp.int32))
+    ffn_out_shapes = [tuple(e.outvars[0].aval.shape) for e in jaxpr.jaxpr.eqns
+                      if e.primitive.name == "dot_general" and e.outvars[0].aval.shape[-1] == cfg.intermediate]
+    assert ffn_out_shapes == [(3, 10, 24), (3, 10, 24), (3, 1, 24)]
