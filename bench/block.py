@@ -14,6 +14,9 @@ turn (A, B, C, A, B, C, ...), so a drift of the machine hits every variant alike
 - ``logprob``: log-probs of [B, 32, 50257] float32 logits and their gradient: the gathered
   logsumexp form rajax uses against gathering from the full log-softmax, and torch's
   log_softmax + gather;
+- ``lmhead``: the PPO step's vocabulary part: the tied LM head on [B, 32] response positions, log-probs
+  and entropy, value and gradient: rajax's one-pass ``logprobs_and_entropy`` against the two
+  functions it replaced (rajax/core/rollout.py);
 - ``bert``: the BERT-base classifier (toxic-bert's shape) forward on [B, W] ids, W = 64 (the peer's
   input) and 80: transformers, rajax, and rajax with its last layer computing every row instead of
   only [CLS] (rajax/models/bert.py).
@@ -121,6 +124,26 @@ def logprob(b, reps):
         {"torch": peer, "rajax": jax_fn(ours, logits), "rajax_full_log_softmax": jax_fn(full, logits)}, reps)}
 
 
+def lm_head(b, reps):
+    """The PPO step's vocabulary part: tied LM head on 32 response positions, log-probs and entropy,
+    value and gradient of the log-probs (the entropy is a logged statistic)."""
+    rng = np.random.default_rng(0)
+    h = jnp.asarray(rng.normal(size=(b, 32, 768)), jnp.float32)
+    wte = jnp.asarray(rng.normal(size=(50257, 768)) * 0.02, jnp.float32)
+    tok = jnp.asarray(rng.integers(0, 50257, (b, 32)), jnp.int32)
+
+    def make(f):
+        def loss(w, x):
+            lp, ent = f(jnp.einsum("bne,ve->bnv", x, w), tok)
+            return lp.sum(), ent.mean()
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+
+    one_pass = make(rollout.logprobs_and_entropy)
+    separate = make(lambda x, t: (rollout.logprobs_of(x, t), rollout.entropy_from_logits(x)))
+    return {"piece": "lmhead", "value_and_grad": interleaved(
+        {"rajax": jax_fn(one_pass, wte, h), "rajax_separate_logprob_and_entropy": jax_fn(separate, wte, h)}, reps)}
+
+
 def bert_forward(width, b, reps):
     from transformers import BertConfig, BertForSequenceClassification
 
@@ -153,17 +176,17 @@ def bert_forward(width, b, reps):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--only", action="append", choices=["trunk1", "trunk12", "logprob", "bert"],
+    ap.add_argument("--only", action="append", choices=["trunk1", "trunk12", "logprob", "lmhead", "bert"],
                     help="run only these pieces (repeatable; default all)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--reps", type=int, default=7)
     a = ap.parse_args(argv)
-    only = set(a.only or ["trunk1", "trunk12", "logprob", "bert"])
+    only = set(a.only or ["trunk1", "trunk12", "logprob", "lmhead", "bert"])
     out = {"batch": a.batch, "seq": a.seq, "jax": jax.__version__, "torch": torch.__version__,
            "torch_threads": torch.get_num_threads(), "xla_flags": os.environ.get("XLA_FLAGS", ""), "rows": []}
     jobs = [("trunk1", lambda: trunk(1, a.batch, a.seq, a.reps)), ("trunk12", lambda: trunk(12, a.batch, a.seq, a.reps)),
-            ("logprob", lambda: logprob(a.batch, a.reps)),
+            ("logprob", lambda: logprob(a.batch, a.reps)), ("lmhead", lambda: lm_head(a.batch, a.reps)),
             ("bert", lambda: bert_forward(64, a.batch, a.reps)), ("bert", lambda: bert_forward(80, a.batch, a.reps))]
     for name, job in jobs:
         if name in only:

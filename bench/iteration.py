@@ -168,8 +168,12 @@ def bench_task(task, args):
         bert_tokens = [int(m[:n].sum(-1).mean()) for _, m, n in chunks]
         bert_width = [int(ids.shape[1]) for ids, _, _ in chunks]
         alpha_prime = b if it % 2 else max(1, b // 5)  # alternate: α′ must not recompile
-        (params, opt_state, stats, keep), t_p = timed(
-            lambda: ppo.ppo_step(cfg, pcfg, params, opt_state, got.rollout, 0.2, alpha_prime, k, tx=tx))
+        step = lambda: ppo.ppo_step(cfg, pcfg, params, opt_state, got.rollout, 0.2, alpha_prime, k, tx=tx)  # noqa: E731
+        if args.profile and it == args.iters:  # the last PPO update, as a Perfetto trace
+            with jax.profiler.trace(args.profile, create_perfetto_trace=True):
+                (params, opt_state, stats, keep), t_p = timed(step)
+        else:
+            (params, opt_state, stats, keep), t_p = timed(step)
         if it == 0:
             continue  # warm-up (compilation)
         tm = got.timings
@@ -207,6 +211,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--remat", action="store_true", help="rematerialise each block in the backward pass")
+    ap.add_argument("--profile", metavar="DIR", help="write a jax.profiler (Perfetto) trace of the last PPO update to DIR")
     ap.add_argument("--undo", action="append", default=[], choices=["barrier", "logprob", "buckets", "cls"],
                     help="put back the code a CPU fix replaced, to measure that fix (repeatable)")
     args = ap.parse_args(argv)

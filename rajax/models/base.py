@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from rajax.core.errors import InvalidInput
-from rajax.core.rollout import entropy_from_logits, logprobs_of
+from rajax.core.rollout import logprobs_and_entropy
 
 
 class Output(NamedTuple):
@@ -87,7 +87,8 @@ class CausalLM:
                              f"length {input_ids.shape[1]}")
         out = self.apply(params, input_ids, attention_mask)
         logits = self.lm_head(params, out.hidden[:, p - 1:-1])
-        return logprobs_of(logits, input_ids[:, p:]), out.values[:, p - 1:-1], entropy_from_logits(logits)
+        logp, entropy = logprobs_and_entropy(logits, input_ids[:, p:])
+        return logp, out.values[:, p - 1:-1], entropy
 
 
 def positions_from_mask(mask_BxT: jax.Array, offset: jax.Array | int = 0) -> jax.Array:

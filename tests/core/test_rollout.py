@@ -223,3 +223,31 @@ def test_logprobs_of_equals_the_gathered_log_softmax():
     got = rollout.logprobs_of(logits, tokens)
     assert got.dtype == jnp.float32
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-4)
+
+
+def test_logprobs_and_entropy_equal_the_separate_functions_with_their_gradients():
+    # The one-pass form must give the same values and the same gradients (an entropy bonus would
+    # differentiate it) as logprobs_of and entropy_from_logits, at GPT-2's vocabulary size.
+    logits = jax.random.normal(jax.random.key(1), (2, 3, 50257)) * 4.0 + 50.0
+    logits = logits.at[1, 2, 9].set(90.0)
+    tokens = jnp.asarray([[7, 0, 50256], [1, 2, 9]])
+    lp, ent = rollout.logprobs_and_entropy(logits, tokens)
+    np.testing.assert_allclose(lp, rollout.logprobs_of(logits, tokens), rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(ent, rollout.entropy_from_logits(logits), rtol=1e-6, atol=1e-5)
+    assert float(ent[1, 2]) < 0.5 * float(ent[0, 0])  # the peaked row is not averaged away
+    w = jax.random.normal(jax.random.key(2), (2, 3))
+
+    def ours(x):
+        a, b = rollout.logprobs_and_entropy(x, tokens)
+        return (w * a).sum() + (w * b).sum()
+
+    def separate(x):
+        return (w * rollout.logprobs_of(x, tokens)).sum() + (w * rollout.entropy_from_logits(x)).sum()
+
+    g, g_want = jax.grad(ours)(logits), jax.grad(separate)(logits)
+    assert float(jnp.abs(g_want).max()) > 0.1
+    np.testing.assert_allclose(g, g_want, atol=1e-5)  # float32 rounding of l·p terms at |l| ~ 50-90
+    # A row of -inf logits but one: finite, as jax.nn.logsumexp.
+    inf_row = jnp.full((1, 1, 5), -jnp.inf).at[0, 0, 2].set(0.0)
+    lp1, ent1 = rollout.logprobs_and_entropy(inf_row, jnp.asarray([[2]]))
+    assert float(lp1[0, 0]) == 0.0
