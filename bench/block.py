@@ -139,7 +139,10 @@ def lm_head(b, reps):
         return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
 
     one_pass = make(rollout.logprobs_and_entropy)
-    separate = make(lambda x, t: (rollout.logprobs_of(x, t), rollout.entropy_from_logits(x)))
+    def entropy_before(x):  # rajax's entropy before the one-pass form
+        return jax.nn.logsumexp(x, axis=-1) - (jax.nn.softmax(x, axis=-1) * x).sum(-1)
+
+    separate = make(lambda x, t: (rollout.logprobs_of(x, t), entropy_before(x)))
     return {"piece": "lmhead", "value_and_grad": interleaved(
         {"rajax": jax_fn(one_pass, wte, h), "rajax_separate_logprob_and_entropy": jax_fn(separate, wte, h)}, reps)}
 

@@ -103,13 +103,12 @@ class Attention(nnx.Module):
         self.o = Dense(e, e, rngs=rngs)
         self.heads = cfg.heads
 
-    def __call__(self, x, key_mask_BxS, queries=None):
-        """Self-attention of ``queries`` (default: every row of ``x``) over all rows of ``x``."""
+    def __call__(self, x, key_mask_BxS, queries):
+        """Self-attention of ``queries`` (rows of ``x``: all of them, or [CLS] alone) over all rows of ``x``."""
         b, s, e = x.shape
         h, d = self.heads, e // self.heads
-        xq = x if queries is None else queries
-        t = xq.shape[1]
-        q = self.q(xq).reshape(b, t, h, d)
+        t = queries.shape[1]
+        q = self.q(queries).reshape(b, t, h, d)
         k, v = (f(x).reshape(b, s, h, d) for f in (self.k, self.v))
         scores = jnp.einsum("bthd,bshd->bhts", q, k).astype(jnp.float32) * (d**-0.5)
         # Padded keys get the float32 minimum, as transformers' additive mask does.
@@ -148,7 +147,7 @@ class Layer(nnx.Module):
         layer's [CLS] row, and every op after the keys and values is row-wise, so the last layer
         needs the other rows only as keys and values."""
         q = x[:, :1] if cls_only else x
-        y = self.ln_attn(q + self.attn(x, key_mask, q if cls_only else None), x.dtype)
+        y = self.ln_attn(q + self.attn(x, key_mask, q), x.dtype)
         return self.ln_ffn(y + self.ffn(y), x.dtype)
 
 

@@ -225,15 +225,21 @@ def test_logprobs_of_equals_the_gathered_log_softmax():
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-4)
 
 
+def _entropy_by_definition(x):
+    return -(jax.nn.softmax(x, -1) * jax.nn.log_softmax(x, -1)).sum(-1)
+
+
 def test_logprobs_and_entropy_equal_the_separate_functions_with_their_gradients():
     # The one-pass form must give the same values and the same gradients (an entropy bonus would
-    # differentiate it) as logprobs_of and entropy_from_logits, at GPT-2's vocabulary size.
+    # differentiate it) as logprobs_of and the entropy by its definition, -Σ p log p, at GPT-2's
+    # vocabulary size; entropy_from_logits (TRL's formula) must agree too.
     logits = jax.random.normal(jax.random.key(1), (2, 3, 50257)) * 4.0 + 50.0
     logits = logits.at[1, 2, 9].set(90.0)
     tokens = jnp.asarray([[7, 0, 50256], [1, 2, 9]])
     lp, ent = rollout.logprobs_and_entropy(logits, tokens)
     np.testing.assert_allclose(lp, rollout.logprobs_of(logits, tokens), rtol=1e-6, atol=1e-5)
-    np.testing.assert_allclose(ent, rollout.entropy_from_logits(logits), rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(ent, _entropy_by_definition(logits), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(rollout.entropy_from_logits(logits), _entropy_by_definition(logits), rtol=1e-5, atol=1e-5)
     assert float(ent[1, 2]) < 0.5 * float(ent[0, 0])  # the peaked row is not averaged away
     w = jax.random.normal(jax.random.key(2), (2, 3))
 
@@ -242,7 +248,7 @@ def test_logprobs_and_entropy_equal_the_separate_functions_with_their_gradients(
         return (w * a).sum() + (w * b).sum()
 
     def separate(x):
-        return (w * rollout.logprobs_of(x, tokens)).sum() + (w * rollout.entropy_from_logits(x)).sum()
+        return (w * rollout.logprobs_of(x, tokens)).sum() + (w * _entropy_by_definition(x)).sum()
 
     g, g_want = jax.grad(ours)(logits), jax.grad(separate)(logits)
     assert float(jnp.abs(g_want).max()) > 0.1
