@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 sys.path.insert(0, str(ROOT / "bench"))
 
-from iteration import logprobs_full_softmax  # noqa: E402
+from iteration import entropy_before, logprobs_full_softmax, undone  # noqa: E402
 
 from rajax.core import rollout  # noqa: E402
 from rajax.models import bert, gpt2  # noqa: E402
@@ -91,14 +91,10 @@ def trunk(layers, b, t, reps):
         return jnp.sum(gpt2.apply(cfg, p, ids).hidden ** 2)
 
     grad = jax.jit(jax.grad(loss))
-    saved = gpt2.residual_grad_barrier
-    gpt2.residual_grad_barrier = lambda x: x  # traced now, so this program has no barrier
-    try:
+    with undone(["barrier"]):  # traced now, so this program has no barrier
         grad_plain = jax.jit(jax.grad(lambda p: loss(p)))
         grad_plain.lower(params).compile()
         jax.block_until_ready(grad_plain(params))
-    finally:
-        gpt2.residual_grad_barrier = saved
     fwd = interleaved({"torch": torch_fwd, "rajax": jax_fn(jax.jit(loss), params)}, reps)
     variants = {"torch": torch_fwd_bwd, "rajax": jax_fn(grad, params)}
     if layers > 1:
@@ -139,9 +135,6 @@ def lm_head(b, reps):
         return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
 
     one_pass = make(rollout.logprobs_and_entropy)
-    def entropy_before(x):  # rajax's entropy before the one-pass form
-        return jax.nn.logsumexp(x, axis=-1) - (jax.nn.softmax(x, axis=-1) * x).sum(-1)
-
     separate = make(lambda x, t: (rollout.logprobs_of(x, t), entropy_before(x)))
     return {"piece": "lmhead", "value_and_grad": interleaved(
         {"rajax": jax_fn(one_pass, wte, h), "rajax_separate_logprob_and_entropy": jax_fn(separate, wte, h)}, reps)}
@@ -158,12 +151,8 @@ def bert_forward(width, b, reps):
     # rajax as it was before its last layer computed only the [CLS] row (traced with that undone).
     # A function of its own: jit wrappers of one function share traces.
     all_rows = jax.jit(lambda c, *a: bert.apply(c, *a), static_argnums=0)
-    saved = bert.Layer.__call__
-    bert.Layer.__call__ = lambda self, x, key_mask, cls_only=False: saved(self, x, key_mask)
-    try:
+    with undone(["cls"]):
         jax.block_until_ready(all_rows(cfg, params, jids, jmask))
-    finally:
-        bert.Layer.__call__ = saved
     torch.manual_seed(0)
     model = BertForSequenceClassification(BertConfig(num_labels=6)).eval()
     tids = torch.from_numpy(ids.astype(np.int64))

@@ -21,13 +21,14 @@ Output: one JSON object per task on stdout, and `$OUT/iteration_<task>.json` whe
 
 `--undo FIX` puts back, for this run only, the code one of the CPU fixes of bench/NOTES.md (issue 16)
 replaced, to measure what that fix is worth in the same benchmark: `barrier` (no residual-gradient
-barrier), `logprob` (log-prob gathered from the full log-softmax), `buckets` (power-of-two BERT
+barrier), `logprob` (log-prob gathered from the full log-softmax, entropy computed apart), `buckets` (power-of-two BERT
 length buckets), `cls` (BERT's last layer computes every row, not only [CLS]). The KV-cache layout is not undoable here; compare
 against an older checkout for it (bench/cpu_vs_torch.sh's RAJAX_ROOT).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -93,16 +94,35 @@ def logprobs_full_softmax(logits_BxTxV, tokens_BxT):
     return jnp.take_along_axis(logp, tokens_BxT[..., None], axis=-1)[..., 0]
 
 
-def undo(fixes) -> dict:
-    """Put back the code each named fix replaced (module attributes, before anything is traced)."""
+def entropy_before(logits):
+    """The entropy as rajax computed it before issue 16: softmax and logsumexp, each on its own."""
+    x = logits.astype(jnp.float32)
+    return jax.nn.logsumexp(x, axis=-1) - (jax.nn.softmax(x, axis=-1) * x).sum(-1)
+
+
+@contextlib.contextmanager
+def undone(fixes):
+    """Put back the code each named fix replaced while the body runs (and traces); restored on exit.
+
+    Each patch replaces a module attribute that must exist, so a fix whose code moved fails here
+    instead of silently measuring nothing."""
+    patches = []
     if "barrier" in fixes:
-        gpt2.residual_grad_barrier = lambda x: x
+        patches.append((gpt2, "residual_grad_barrier", lambda x: x))
     if "logprob" in fixes:
-        model_base.logprobs_of = logprobs_full_softmax
+        patches.append((model_base, "logprobs_and_entropy",
+                        lambda x, t: (logprobs_full_softmax(x, t), entropy_before(x))))
     if "cls" in fixes:
         full = bert.Layer.__call__
-        bert.Layer.__call__ = lambda self, x, key_mask, cls_only=False: full(self, x, key_mask)
-    return {"buckets": (32, 64, 128, 256, 512)} if "buckets" in fixes else {}
+        patches.append((bert.Layer, "__call__", lambda self, x, key_mask, cls_only=False: full(self, x, key_mask)))
+    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
+    try:
+        for obj, name, value in patches:
+            setattr(obj, name, value)
+        yield
+    finally:
+        for obj, name, value in saved:
+            setattr(obj, name, value)
 
 
 def timed(fn):
@@ -147,7 +167,8 @@ def bench_task(task, args):
     words = PseudoWords(cfg.vocab_size)
     reward = RewardModel(bcfg, bert.init(bcfg, jax.random.key(1)), [f"l{i}" for i in range(6)],
                          bert_tokenizer(words.words, bcfg.vocab_size if args.model == "tiny" else 30522),
-                         index=0, sign=-1, batch_size=b, **undo(args.undo))
+                         index=0, sign=-1, batch_size=b,
+                         **({"buckets": (32, 64, 128, 256, 512)} if "buckets" in args.undo else {}))
     rng = np.random.default_rng(0)
     prompt_ids = rng.integers(0, cfg.vocab_size - 1, (b, p_len)).astype(np.int32)
     prompt_mask = np.ones((b, p_len), np.int32)
@@ -217,7 +238,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     results = []
     for task in (TASKS if args.task == "all" else [args.task]):
-        r = bench_task(task, args)
+        with undone(args.undo):
+            r = bench_task(task, args)
         results.append(r)
         print(json.dumps(r), flush=True)
         if os.environ.get("OUT"):

@@ -53,8 +53,8 @@ def logprobs_of(logits_BxTxV: jax.Array, tokens_BxT: jax.Array) -> jax.Array:
 
     Computed as logits[token] - logsumexp(logits): the same value as gathering from the full
     log-softmax up to rounding, without writing the [B, T, V] log-softmax (on a CPU its value and
-    gradient take 28% less time; bench/block.py), and the logsumexp is the one
-    ``entropy_from_logits`` needs, so XLA can share it.
+    gradient take 28% less time; bench/block.py). Where the entropy is needed too,
+    ``logprobs_and_entropy`` computes both from one exponential.
     """
     logits = logits_BxTxV.astype(jnp.float32)
     picked = jnp.take_along_axis(logits, tokens_BxT[..., None], axis=-1)[..., 0]
