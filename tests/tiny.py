@@ -242,16 +242,36 @@ def train_args(world, out, *extra, iterations=2):
     return args + list(extra)
 
 
-def wandb_offline_records(run_dir):
-    """The protobuf records of the W&B offline run under ``run_dir``: the file is a 7-byte header, then
-    LevelDB-log blocks of 32 KiB whose chunks have a 7-byte header (crc 4, length 2, type 1; full 1,
-    first 2, middle 3, last 4). Read without network and without W&B's own reader (gone from 0.2x)."""
+def wandb_offline_records(run_dir, timeout_s: float = 120.0):
+    """The protobuf records of the W&B offline run under ``run_dir``, once its exit record is on disk.
+
+    ``run.finish()`` returns when the service has taken the exit record, and the service closes the
+    run's file after that, on its own schedule: under load (CI) the file can still be short when
+    ``finish()`` returns, so this polls until the exit record is readable, then fails naming what it saw.
+    """
     import glob
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        paths = glob.glob(os.path.join(str(run_dir), "wandb", "offline-run-*", "run-*.wandb"))
+        out = _wandb_log_records(paths[0]) if paths else []
+        kinds = [r.WhichOneof("record_type") for r in out]
+        if "exit" in kinds:
+            return out
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no W&B exit record under {run_dir} after {timeout_s:.0f} s; records: {kinds}")
+        time.sleep(0.2)
+
+
+def _wandb_log_records(path):
+    """The file is a 7-byte header, then LevelDB-log blocks of 32 KiB whose chunks have a 7-byte header
+    (crc 4, length 2, type 1; full 1, first 2, middle 3, last 4). Read without network and without
+    W&B's own reader (gone from 0.2x). A chunk cut short by a write in progress ends the list."""
     import struct
 
     from wandb.proto import wandb_internal_pb2 as pb
 
-    path = glob.glob(os.path.join(str(run_dir), "wandb", "offline-run-*", "run-*.wandb"))[0]
     data = open(path, "rb").read()
     pos, buf, block, out = 7, b"", 32768, []
     while pos + 7 <= len(data):
@@ -260,6 +280,8 @@ def wandb_offline_records(run_dir):
             pos += left
             continue
         _crc, n, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if pos + 7 + n > len(data):
+            break
         chunk = data[pos + 7:pos + 7 + n]
         pos += 7 + n
         if kind == 0:

@@ -86,13 +86,15 @@ def test_wandb_offline_logs_the_same_tags_and_the_config(tmp_path, monkeypatch):
         w.write(m, {"env/reward_mean": 0.5 * m, "objective/kl": 1.0, "risk/alpha_prime": 8 - m, "bad": float("nan")})
     w.close()
     hist, cfg = [], {}
-    for r in wandb_offline_records(tmp_path):
+    records = wandb_offline_records(tmp_path)
+    kinds = [r.WhichOneof("record_type") for r in records]
+    for r in records:
         kind = r.WhichOneof("record_type")
         if kind == "history":
             hist.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item})
         elif kind == "run":
             cfg = {i.key: json.loads(i.value_json) for i in r.run.config.update}
-    assert [h["env/reward_mean"] for h in hist] == [0.0, 0.5, 1.0] and [h["_step"] for h in hist] == [0, 1, 2]
+    assert [h["env/reward_mean"] for h in hist] == [0.0, 0.5, 1.0] and [h["_step"] for h in hist] == [0, 1, 2], kinds
     assert all(h["objective/kl"] == 1.0 and "bad" not in h for h in hist)  # NaN is not sent
     assert cfg["risk"] == {"alpha": 0.2}
     assert [r["iteration"] for r in tracking.read_metrics(tmp_path)] == [0, 1, 2]  # metrics.jsonl as always
