@@ -245,9 +245,10 @@ def train_args(world, out, *extra, iterations=2):
 def wandb_offline_records(run_dir, timeout_s: float = 120.0):
     """The protobuf records of the W&B offline run under ``run_dir``, once its exit record is on disk.
 
-    ``run.finish()`` returns when the service has taken the exit record, and the service closes the
-    run's file after that, on its own schedule: under load (CI) the file can still be short when
-    ``finish()`` returns, so this polls until the exit record is readable, then fails naming what it saw.
+    ``run.finish()`` returns when the service has taken the exit record, but the service keeps the
+    log's current 32 KiB block in memory until it closes the run's file, after ``finish()`` and on its
+    own schedule: under load (CI) a small run's file can still hold the header alone, so this polls
+    until the exit record is readable, then fails naming what it saw.
     """
     import glob
     import time
