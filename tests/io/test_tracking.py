@@ -88,8 +88,7 @@ def test_wandb_offline_logs_the_same_tags_and_the_config(tmp_path, monkeypatch):
     hist, cfg = [], {}
     records = wandb_offline_records(tmp_path)
     kinds = [r.WhichOneof("record_type") for r in records]
-    for r in records:
-        kind = r.WhichOneof("record_type")
+    for kind, r in zip(kinds, records):
         if kind == "history":
             hist.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item})
         elif kind == "run":
