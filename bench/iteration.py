@@ -189,12 +189,12 @@ def bench_task(task, args):
         bert_tokens = [int(m[:n].sum(-1).mean()) for _, m, n in chunks]
         bert_width = [int(ids.shape[1]) for ids, _, _ in chunks]
         alpha_prime = b if it % 2 else max(1, b // 5)  # alternate: α′ must not recompile
-        step = lambda: ppo.ppo_step(cfg, pcfg, params, opt_state, got.rollout, 0.2, alpha_prime, k, tx=tx)  # noqa: E731
-        if args.profile and it == args.iters:  # the last PPO update, as a Perfetto trace
-            with jax.profiler.trace(args.profile, create_perfetto_trace=True):
-                (params, opt_state, stats, keep), t_p = timed(step)
-        else:
-            (params, opt_state, stats, keep), t_p = timed(step)
+        # The last PPO update, as a Perfetto trace, with --profile.
+        trace = (jax.profiler.trace(args.profile, create_perfetto_trace=True) if args.profile and it == args.iters
+                 else contextlib.nullcontext())
+        with trace:
+            (params, opt_state, stats, keep), t_p = timed(
+                lambda: ppo.ppo_step(cfg, pcfg, params, opt_state, got.rollout, 0.2, alpha_prime, k, tx=tx))
         if it == 0:
             continue  # warm-up (compilation)
         tm = got.timings
