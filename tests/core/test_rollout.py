@@ -253,7 +253,8 @@ def test_logprobs_and_entropy_equal_the_separate_functions_with_their_gradients(
     g, g_want = jax.grad(ours)(logits), jax.grad(separate)(logits)
     assert float(jnp.abs(g_want).max()) > 0.1
     np.testing.assert_allclose(g, g_want, atol=1e-5)  # float32 rounding of l·p terms at |l| ~ 50-90
-    # A row of -inf logits but one: finite, as jax.nn.logsumexp.
+    # A row of -inf logits but one: the log-prob is finite, as with jax.nn.logsumexp. (Its entropy is
+    # NaN, 0·(-inf), as TRL's formula and the two-function form gave; the models' logits are finite.)
     inf_row = jnp.full((1, 1, 5), -jnp.inf).at[0, 0, 2].set(0.0)
-    lp1, ent1 = rollout.logprobs_and_entropy(inf_row, jnp.asarray([[2]]))
+    lp1, _ = rollout.logprobs_and_entropy(inf_row, jnp.asarray([[2]]))
     assert float(lp1[0, 0]) == 0.0
