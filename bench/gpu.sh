@@ -2,7 +2,7 @@
 # Every GPU measurement, rajax and the PyTorch peer (bench/torch_peer.py) on the same card, in ONE
 # device call of at most 600 s that brings back the comparison even when a step fails or runs long:
 #
-#   GIT_REV=<hash> bash bench/gpu.sh                 # H200: PLAN=compare (the default), ~450 s
+#   GIT_REV=<hash> bash bench/gpu.sh                 # H200: PLAN=compare (the default), est. 350-500 s
 #   GIT_REV=<hash> PLAN=scale bash bench/gpu.sh      # gpt2-medium and gpt2-xl, rajax and the peer
 #   MODEL=tiny bash bench/gpu.sh                     # CPU dry run of every step (tiny models, batch 8)
 #
@@ -83,6 +83,10 @@ main() {
     echo "-- nvidia-smi before"
     nvidia-smi 2>&1 || echo "(no nvidia-smi)"
   } > "$OUT/env.txt"
+  # The reward model's tokenizer trains on the host (30-40 s on 2 cores) while the first steps use the
+  # device; the first iteration step waits for it.
+  timeout -k 5 200 "$PY" bench/iteration.py --prepare --model "$MODEL" 2>&1 | "$PY" bench/tag.py prepare "$RESULTS" &
+  local prep=$!
   step env 10 60 "$PY" bench/env.py
   grep '"bench": "env"' "$RESULTS" | tail -1 >> "$OUT/env.txt"
   if grep -q '"step": "env".*"jax_backend": "gpu"' "$RESULTS" || [ "$ALLOW_CPU" = 1 ]; then
@@ -93,6 +97,7 @@ main() {
   local tiny=() peer=(--device "$DEVICE")
   [ "$MODEL" = tiny ] && tiny=(--model tiny) && peer+=(--model tiny)
   jax_step matmul 15 60 "$PY" bench/matmul.py --n "$MATMUL_N" --dtype bfloat16 float32
+  wait "$prep"
   if [ "$PLAN" = scale ]; then
     for m in gpt2-medium gpt2-xl; do
       local mm=(--model "$m") pm=(--model "$m")

@@ -84,7 +84,7 @@ def _train_wordpiece(words, vocab_size):
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size,
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, show_progress=False,
                                         special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
     rng = np.random.default_rng(1)
     corpus = ("".join(rng.choice(words, size=64)) for _ in range(2000))
@@ -226,6 +226,19 @@ def warm_neighbour_widths(reward, chunks):
     return sorted(set(widths))
 
 
+def bert_vocab(model):
+    return TINY_BERT["vocab_size"] if model == "tiny" else 30522
+
+
+def prepare(model):
+    """Train and cache the WordPiece tokenizer a run of ``model`` uses, and nothing else (no device
+    work): bench/gpu.sh runs this beside its first steps, so no timed step waits for the training."""
+    vocab = TINY_GPT2["vocab_size"] if model == "tiny" else gpt2.GPT2Config.from_name(model).vocab_size
+    t = time.perf_counter()
+    bert_tokenizer(PseudoWords(vocab).words, bert_vocab(model))
+    progress("tokenizer", model=model, seconds=round(time.perf_counter() - t, 2))
+
+
 def bench_task(task, args, clock):
     t_setup = time.perf_counter()
     p_len, n_new = TASKS[task]
@@ -245,7 +258,7 @@ def bench_task(task, args, clock):
     opt_state = parallel.replicate(tx.init(params), mesh)
     words = PseudoWords(cfg.vocab_size)
     t_tok0 = time.perf_counter()
-    tokenizer = bert_tokenizer(words.words, bcfg.vocab_size if args.model == "tiny" else 30522)
+    tokenizer = bert_tokenizer(words.words, bert_vocab(args.model))
     t_tokenizer = time.perf_counter() - t_tok0
     reward = RewardModel(bcfg, bert.init(bcfg, jax.random.key(1)), [f"l{i}" for i in range(6)], tokenizer,
                          index=0, sign=-1, batch_size=b,
@@ -289,9 +302,9 @@ def bench_task(task, args, clock):
         if it == 0:  # warm-up: compilation, then the neighbouring reward widths
             t_w = time.perf_counter()
             extra = warm_neighbour_widths(reward, chunks)
-            warmup = {**row, "neighbour_widths": extra, "neighbour_widths_s": round(time.perf_counter() - t_w, 3),
-                      "compile_s": round(clock.total() - c0, 3)}
-            progress("warmup", task=task, **warmup, reward_width=bert_width)
+            warmup = {**row, "reward_width": bert_width, "neighbour_widths": extra,
+                      "neighbour_widths_s": round(time.perf_counter() - t_w, 3), "compile_s": round(clock.total() - c0, 3)}
+            progress("warmup", task=task, **warmup)
             continue
         for name in times:
             times[name].append(row[name])
@@ -337,7 +350,10 @@ def main(argv=None):
     ap.add_argument("--profile", metavar="DIR", help="write a jax.profiler (Perfetto) trace of the last PPO update to DIR")
     ap.add_argument("--undo", action="append", default=[], choices=["barrier", "logprob", "buckets", "cls"],
                     help="put back the code a CPU fix replaced, to measure that fix (repeatable)")
+    ap.add_argument("--prepare", action="store_true", help="only train and cache the tokenizer, then exit")
     args = ap.parse_args(argv)
+    if args.prepare:
+        return prepare(args.model)
     results, clock = [], CompileClock()
     for task in (TASKS if args.task == "all" else [args.task]):
         with undone(args.undo):
