@@ -206,8 +206,11 @@ def summary(rows: list[dict], rev: str = "unknown") -> str:
         if "skipped" in e:
             note = f"skipped: {e['skipped']}"
         elif e.get("rc") == 124:
-            its = [r for r in rs if r.get("progress") in ("iter", "warmup", "setup")]
-            note = f"timed out after progress {its[-1]['progress']}" if its else "timed out"
+            its = [r for r in rs if r.get("progress") in ("iter", "warmup", "setup") or "iter" in r]
+            last = its[-1] if its else None
+            note = ("timed out" if last is None else
+                    f"timed out after peer iteration {last['iter']}" if "iter" in last else
+                    f"timed out after progress {last['progress']}")
         elif e.get("rc") not in (0, None):
             note = "failed (gpu.log has the error)"
         out.append(f"| {name} | {e.get('rc', '-')} | {e.get('wall_s', '-')} | {e.get('limit_s', '-')} | {note} |")
