@@ -76,7 +76,9 @@ def test_the_historical_anchor_is_in_the_imdb_tables(rows):
 def test_every_step_is_listed_with_its_exit_status(rows):
     md = S.summary(rows)
     ends = [r for r in rows if "rc" in r]
-    assert len(ends) == 10
+    assert {e["step"] for e in ends} >= {"prepare", "env", "matmul", "rajax_imdb_bf16", "peer_imdb_bf16",
+                                         "rajax_imdb_f32", "peer_imdb_f32", "rajax_rtp_bf16", "peer_rtp_bf16",
+                                         "sampler_bf16", "decode_hlo"}
     steps = section(md, "Steps")
     for e in ends:
         c = cells(steps, e["step"])
@@ -94,6 +96,16 @@ def test_a_step_killed_by_its_timeout_is_summarised_from_its_progress(rows):
     c = cells(sec, "iteration (peer: torch best)")
     assert float(c[1]) == pytest.approx(statistics.median(r["total"] for r in its), abs=1e-3)
     assert cells(section(md, "Steps"), "rajax_imdb_bf16")[4] == "timed out after progress iter"
+
+
+def test_a_killed_peer_says_how_many_iterations_it_ran(rows):
+    cut = [r for r in rows if not (r["step"] == "peer_imdb_f32" and ("peer" in r or "rc" in r))]
+    cut.append({"step": "peer_imdb_f32", "rc": 124, "wall_s": 90, "limit_s": 90})
+    its = [r for r in cut if r["step"] == "peer_imdb_f32" and r.get("warmup") is False]
+    md = S.summary(cut)
+    assert f"(peer partial: {len(its)} iterations)" in section(md, "imdb_f32")[0]
+    last = max(r["iter"] for r in its)
+    assert cells(section(md, "Steps"), "peer_imdb_f32")[4] == f"timed out after peer iteration {last}"
 
 
 def test_skipped_steps_and_a_line_cut_by_a_kill(rows):
