@@ -2,7 +2,7 @@
 # Every GPU measurement, rajax and the PyTorch peer (bench/torch_peer.py) on the same card, in ONE
 # device call of at most 600 s that brings back the comparison even when a step fails or runs long:
 #
-#   GIT_REV=<hash> bash bench/gpu.sh                 # H200: PLAN=compare (the default), est. 350-500 s
+#   GIT_REV=<hash> bash bench/gpu.sh                 # H200: PLAN=compare (the default), est. 280-470 s
 #   GIT_REV=<hash> PLAN=scale bash bench/gpu.sh      # gpt2-medium and gpt2-xl, rajax and the peer
 #   MODEL=tiny bash bench/gpu.sh                     # CPU dry run of every step (tiny models, batch 8)
 #
