@@ -37,3 +37,18 @@ def test_counts_converts_that_stay_in_a_loop():
     r = decode_hlo.loop_converts(hlo, [w.shape])
     assert r["loop_dots"] >= 1
     assert r["loop_weight_converts"] >= 1
+
+
+def test_counts_a_convert_of_a_reshaped_weight():
+    # A backend may convert a weight after a reshape (inside a GEMM fusion): same size, other shape.
+    # Here the loop holds a [32, 256] view of a [64, 128] weight; only the size can match it.
+    def f(w_32x256, x_5x32):
+        def body(c):
+            i, w, y = c
+            return i + 1, w * 1.5, y + x_5x32.astype(jnp.bfloat16) @ w.astype(jnp.bfloat16)
+
+        return jax.lax.while_loop(lambda c: c[0] < 3, body, (0, w_32x256, jnp.zeros((5, 256), jnp.bfloat16)))[2]
+
+    hlo = jax.jit(f).lower(jnp.ones((32, 256)), jnp.ones((5, 32))).compile().as_text()
+    assert decode_hlo.loop_converts(hlo, [(64, 128)])["loop_weight_converts"] >= 1
+    assert decode_hlo.loop_converts(hlo, [(64, 64)])["loop_weight_converts"] == 0  # another size: none
