@@ -96,6 +96,8 @@ def pair_table(name: str, ours: dict | None, peer: dict | None, rates: dict) -> 
     om = (ours or {}).get("median_s", {})
     pm = (peer or {}).get("median_s", {})
     head = f"### {name}"
+    if not ours and not peer:
+        return [head + ": no results from either side (the Steps table says why)", ""]
     if ours:
         head += f": {ours.get('model', '')} {ours.get('dtype', '')} batch {ours.get('batch', '')}".rstrip()
         if ours.get("partial"):
@@ -136,7 +138,9 @@ def pair_table(name: str, ours: dict | None, peer: dict | None, rates: dict) -> 
         notes.append(f"- peak memory: rajax {fmt(pk / 2**30 if pk else None, 2)} GiB, "
                      f"peer {fmt((peer or {}).get('peak_mem_gib'), 2)} GiB")
     if peer and not peer.get("partial"):
-        notes.append(f"- peer: {peer.get('device')}, torch {peer.get('torch')}, precision {peer.get('precision')}")
+        pp = peer.get("precision", {})
+        notes.append(f"- peer: {peer.get('device')}, torch {peer.get('torch')}, compute {pp.get('compute')}, "
+                     f"{pp.get('params')} weights and Adam, float32 matmuls as {pp.get('f32_matmul')}")
     return out + notes + [""]
 
 

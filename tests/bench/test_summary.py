@@ -135,3 +135,10 @@ def test_targets_use_the_measured_ratios(rows):
 def test_the_command_line_prints_the_same(rows, capsys):
     S.main([str(RECORDED), "--rev", "r1"])
     assert capsys.readouterr().out == S.summary(rows, "r1")
+
+
+def test_a_pair_with_no_results_says_so(rows):
+    cut = [r for r in rows if r["step"] not in ("rajax_rtp_bf16", "peer_rtp_bf16") or "rc" in r]
+    sec = section(S.summary(cut), "rtp_bf16")
+    assert sec[0] == "### rtp_bf16: no results from either side (the Steps table says why)"
+    assert not any(x.startswith("| sampling") for x in sec)
