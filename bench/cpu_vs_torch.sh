@@ -47,7 +47,7 @@ for r in $(seq 1 "$ROUNDS"); do
       --batch "$BATCH" --dtype float32 --iters "$ITERS" > "$OUT/rajax_$r/stdout.json")
   echo "== round $r: peer (load: $(cut -d' ' -f1-3 /proc/loadavg))"
   OUT="$OUT/peer_$r" BENCH_JSON_DIR="$OUT/peer_$r" "$PY" "$HERE/bench/torch_peer.py" --task "$TASK" --model "$MODEL" --batch "$BATCH" \
-      --iters "$ITERS" --device cpu > "$OUT/peer_$r/stdout.jsonl"
+      --iters "$ITERS" --chunked-iters "$ITERS" --device cpu > "$OUT/peer_$r/stdout.jsonl"
 done
 "$PY" - "$OUT" "$TASK" "$ROUNDS" <<'EOF'
 import json, pathlib, statistics, sys
