@@ -85,7 +85,8 @@ main() {
   } > "$OUT/env.txt"
   # The reward model's WordPiece tokenizer (GPT-2's 50,257 pseudo-words, 30,522 entries) trains on the
   # host, 7-11 s on 2 busy cores, while the first steps use the device; the iteration steps wait for it.
-  (timeout -k 5 200 "$PY" bench/iteration.py --prepare --model "$MODEL" 2>&1 | "$PY" bench/tag.py prepare "$RESULTS") &
+  # JAX_PLATFORMS=cpu: it must never open the GPU, where JAX would take 75% of the memory at once.
+  (JAX_PLATFORMS=cpu timeout -k 5 200 "$PY" bench/iteration.py --prepare --model "$MODEL" 2>&1 | "$PY" bench/tag.py prepare "$RESULTS") &
   local prep=$! prep_t0=$SECONDS
   step env 10 60 "$PY" bench/env.py
   grep '"bench": "env"' "$RESULTS" | tail -1 >> "$OUT/env.txt"
