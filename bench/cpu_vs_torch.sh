@@ -39,15 +39,15 @@ for r in $(seq 1 "$ROUNDS"); do
   if [ -n "$BEFORE_ROOT" ]; then
     mkdir -p "$OUT/before_$r"
     echo "== round $r: before (load: $(cut -d' ' -f1-3 /proc/loadavg))"
-    (cd "$BEFORE_ROOT" && OUT="$OUT/before_$r" "$PY" bench/iteration.py --task "$TASK" --model "$MODEL" \
+    (cd "$BEFORE_ROOT" && BENCH_JSON_DIR="$OUT/before_$r" OUT="$OUT/before_$r" "$PY" bench/iteration.py --task "$TASK" --model "$MODEL" \
         --batch "$BATCH" --dtype float32 --iters "$ITERS" > "$OUT/before_$r/stdout.json")
   fi
   echo "== round $r: rajax (load: $(cut -d' ' -f1-3 /proc/loadavg))"
-  (cd "$RAJAX_ROOT" && OUT="$OUT/rajax_$r" "$PY" bench/iteration.py --task "$TASK" --model "$MODEL" \
+  (cd "$RAJAX_ROOT" && BENCH_JSON_DIR="$OUT/rajax_$r" OUT="$OUT/rajax_$r" "$PY" bench/iteration.py --task "$TASK" --model "$MODEL" \
       --batch "$BATCH" --dtype float32 --iters "$ITERS" > "$OUT/rajax_$r/stdout.json")
   echo "== round $r: peer (load: $(cut -d' ' -f1-3 /proc/loadavg))"
-  OUT="$OUT/peer_$r" "$PY" "$HERE/bench/torch_peer.py" --task "$TASK" --model "$MODEL" --batch "$BATCH" \
-      --iters "$ITERS" --device cpu > "$OUT/peer_$r/stdout.jsonl"
+  BENCH_JSON_DIR="$OUT/peer_$r" OUT="$OUT/peer_$r" "$PY" "$HERE/bench/torch_peer.py" --task "$TASK" --model "$MODEL" --batch "$BATCH" \
+      --iters "$ITERS" --chunked-iters "$ITERS" --device cpu > "$OUT/peer_$r/stdout.jsonl"
 done
 "$PY" - "$OUT" "$TASK" "$ROUNDS" <<'EOF'
 import json, pathlib, statistics, sys

@@ -85,6 +85,8 @@ def main(argv=None) -> dict:
         "min_s": round(min(times), 4),
         "tokens_per_s": round(a.batch * a.new / med, 1),
         "device": f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
+        "jax_default_matmul_precision": (None if jax.config.jax_default_matmul_precision is None
+                                         else str(jax.config.jax_default_matmul_precision)),
         "jax": jax.__version__,
     }
     print(json.dumps(out), flush=True)
