@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rajax.core import risk
+from rajax.core import parallel, risk
 from rajax.core.errors import InvalidInput
 from rajax.core.rollout import Rollout
 
@@ -395,7 +395,9 @@ def ppo_step(policy, ppo_cfg: PPOConfig, params, opt_state, rollout: Rollout, be
     ``policy`` is a hashable model handle (``rajax.core.rollout.Policy``, e.g. a ``GPT2Config``). ``tx``
     is the optimizer (any optax transformation; ``opt_state`` must come from its ``init``); the
     default is ``default_optimizer(ppo_cfg)``, Adam as the original code. Pass the same ``tx``
-    object every step: it is a static argument, so a new one recompiles.
+    object every step: it is a static argument, so a new one recompiles. When ``rollout`` is on a mesh
+    (``rollout.collect``'s is), ``params``, ``opt_state``, ``beta`` and ``frozen`` are placed on it
+    first (``parallel.on_mesh``), so unplaced ones (``hf.load``, ``tx.init``, ``kl_init``) compile once.
     ``frozen`` (default None: every parameter trains) is a tree of weights that are read but not
     trained nor donated, e.g. a LoRA policy's base weights: ``params`` is then the trainable subset
     (adapters and value head) and ``policy.forward`` sees ``with_frozen(params, frozen)``.
@@ -421,6 +423,13 @@ def ppo_step(policy, ppo_cfg: PPOConfig, params, opt_state, rollout: Rollout, be
     if k is not None and not 1 <= k <= b:
         raise InvalidInput(f"alpha_prime={k} must be an episode count in [1, {b}]")
     # Fixed dtypes (not weak Python scalars) so a float/array beta or an int/np alpha' hit one cache entry.
+    beta = jnp.asarray(beta, jnp.float32)
+    sharding = getattr(rollout.input_ids, "sharding", None)
+    if isinstance(sharding, jax.sharding.NamedSharding):
+        # And one mesh: the step returns params, opt_state and (through kl_update) β on the rollout's
+        # mesh, so inputs that a caller did not place (a loader's params, tx.init's state, kl_init's β)
+        # would make a second cache entry at the next iteration (parallel.on_mesh).
+        params, opt_state, beta, frozen = parallel.on_mesh((params, opt_state, beta, frozen), sharding.mesh)
     tx = default_optimizer(ppo_cfg) if tx is None else tx
-    return _ppo_step_jit(policy, ppo_cfg, tx, params, opt_state, rollout, jnp.asarray(beta, jnp.float32),
+    return _ppo_step_jit(policy, ppo_cfg, tx, params, opt_state, rollout, beta,
                          jnp.asarray(alpha_prime, jnp.int32), key, frozen)

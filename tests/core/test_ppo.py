@@ -321,6 +321,20 @@ def test_ppo_step_data_parallel_matches_single_device(setup):
         np.testing.assert_allclose(float(st8[name]), float(st1[name]), rtol=1e-4, atol=1e-5, err_msg=name)
 
 
+def test_unplaced_inputs_and_the_steps_own_outputs_hit_one_cache_entry(setup):
+    """A library loop passes params as loaded, tx.init's state and kl_init's β (on no mesh) at its first
+    step, then the step's own outputs and kl_update's β (on the rollout's mesh): one compilation."""
+    params, _, ro, _ = setup
+    tx = ppo.default_optimizer(CFG)
+    ro_s = parallel.shard_batch(ro, parallel.make_mesh(B))
+    klc = ppo.kl_init(0.2)
+    p, o, st, _ = ppo.ppo_step(MODEL, CFG, copy(params), tx.init(params), ro_s, klc.beta, 3, jax.random.key(2))
+    size = ppo._ppo_step_jit._cache_size()
+    klc = ppo.kl_update(klc, st["objective/kl"], n_steps=B)
+    ppo.ppo_step(MODEL, CFG, p, o, ro_s, klc.beta, 3, jax.random.key(3))
+    assert ppo._ppo_step_jit._cache_size() == size
+
+
 def test_plain_ppo_learns_to_emit_the_rewarded_token(setup):
     """Seeded: score = count of TOKEN in the response; 30 plain-PPO iterations (alpha' = B)."""
     params0, _, _, _ = setup
