@@ -87,11 +87,16 @@ class Trainer:
     ``out_dir`` becomes a ``RunDir`` (locked, with a manifest of what the run writes): a new run
     (refused on a non-empty directory unless ``overwrite``) or, with ``resume``, the run to continue.
     ``tx`` is the optimizer (any optax transformation, e.g. a chain with a schedule); the default is
-    ``ppo.default_optimizer(cfg.ppo)``, the original code's Adam.
+    ``ppo.make_optimizer(cfg.ppo)``: the original code's Adam, or the function ``ppo.optimizer`` names.
+    ``reward`` scores prompt + response (``rewards.Reward``, e.g. ``PythonReward(fn)``, or any
+    ``(prompts, responses) -> scores`` callable); the default is ``rewards.from_config(cfg.reward)``,
+    the classifier or the function ``reward.fn`` names. An object passed here is not in the run's
+    ``config.yaml``: a run that ``rajax train --resume`` should continue names its reward (and
+    optimizer, and risk measure) by a ``module:function`` spec in the config instead.
     """
 
     def __init__(self, cfg, out_dir, *, run: RunDir | None = None, resume: bool = False, overwrite: bool = False,
-                 tx: optax.GradientTransformation | None = None, progress: bool = True, log=print,
+                 tx: optax.GradientTransformation | None = None, reward=None, progress: bool = True, log=print,
                  report_to: tuple[str, ...] = ("tensorboard",)):
         self.log = log
         self.progress = progress
@@ -147,7 +152,7 @@ class Trainer:
         for name, tree in (("--policy", params), ("--ref-policy", ref_params)):
             if tree is not None and not bool(parallel.all_finite(tree)):
                 raise NonFinite(f"{name} {m.policy if name == '--policy' else ref_src} has non-finite parameters")
-        self.reward = rewards.from_config(cfg.reward)
+        self.reward = rewards.from_config(cfg.reward) if reward is None else reward
         if cfg.reward.response_only:
             self.reward = ResponseOnly(self.reward)
         self.data = self.task.load(cfg, self.tokenizer)
@@ -173,7 +178,7 @@ class Trainer:
                      f"for iterations 0..{cfg.risk.n}, {rest}")
         self.order = np.random.default_rng(cfg.train.seed).permutation(n_train)
         self.mesh = parallel.make_mesh()
-        self.tx = ppo.default_optimizer(cfg.ppo) if tx is None else tx
+        self.tx = ppo.make_optimizer(cfg.ppo) if tx is None else tx
         self.sharded = cfg.parallel.shard_params
         place = lambda tree: parallel.place_params(tree, self.mesh, self.sharded)  # noqa: E731
         self.ref_params = None if ref_params is None else place(ref_params)

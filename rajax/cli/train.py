@@ -108,7 +108,7 @@ def _summary_lines(trainer, out: pathlib.Path) -> list[str]:
     return [
         f"run: {out}  (task {c.task}; every setting: {out / 'config.yaml'})",
         f"policy: {trainer.policy.describe()}  {c.model.policy}",
-        f"reference: {ref}   reward: {c.reward.model} ({c.reward.kind})",
+        f"reference: {ref}   reward: {c.reward.fn or f'{c.reward.model} ({c.reward.kind})'}",
         f"method: {method}; {trainer.iterations} iterations of {c.train.batch_size}, PPO lr {c.ppo.learning_rate:g}, "
         f"{c.ppo.ppo_epochs} epochs",
     ]
