@@ -106,8 +106,10 @@ class Pace:
                 f"steps (once per process); s/it is the mean of the last {self.window} iterations after it")
 
     def eta(self, remaining: int) -> str:
+        """``remaining`` iterations at the recent rate, as mm:ss (h:mm:ss from an hour)."""
         secs = int(round(self.rate() * remaining))
-        return f"{secs // 3600}:{secs % 3600 // 60:02d}:{secs % 60:02d}" if secs >= 3600 else f"{secs // 60:02d}:{secs % 60:02d}"
+        h, mm, ss = secs // 3600, secs % 3600 // 60, secs % 60
+        return f"{h}:{mm:02d}:{ss:02d}" if h else f"{mm:02d}:{ss:02d}"
 
 
 class TrainState(NamedTuple):
@@ -151,9 +153,6 @@ class Trainer:
                    RunDir.create(self.out, cfg_text=config_lib.dump_yaml(cfg), seed=cfg.train.seed,
                                  overwrite=overwrite))
         self.run_dir = run
-        if self.lead:  # the resolved config: what `rajax train --resume` continues, from the CLI or not
-            config_lib.dump_yaml(cfg, self.out / "config.yaml")
-            run.record(self.out / "config.yaml")
         t0 = time.time()
         m = cfg.model
         tok_src, tok_flag = (m.tokenizer, "--tokenizer") if m.tokenizer else (m.policy, "--policy (its tokenizer)")
@@ -231,6 +230,11 @@ class Trainer:
         self.base_key = jax.random.key(cfg.train.seed)
         self.start = 0
         self._done = 0  # iterations done when run() returned (finish() evaluates a finished run)
+        if self.lead:
+            # The resolved config, what `rajax train --resume` continues (from the CLI or not). Written
+            # once everything loaded: a start that failed leaves no file that would block a rerun.
+            config_lib.dump_yaml(cfg, self.out / "config.yaml")
+            self.run_dir.record(self.out / "config.yaml")
         self.log(f"loaded models and {n_train} train prompts in {time.time() - t0:.1f}s")
         bos = self.tokenizer.bos_token_id
         if bos is not None and list(self.tokenizer("a")["input_ids"][:1]) == [bos]:  # say it: prompts change
@@ -396,9 +400,9 @@ class Trainer:
         pace = Pace()
         last = {}
         m = self.start
+        t_iter = time.perf_counter()
         try:
             while m < end and stop["signal"] is None:
-                t_iter = time.perf_counter()
                 try:
                     metrics, (p, r, s) = self.iteration(m)
                 except NonFinite as e:
@@ -415,7 +419,9 @@ class Trainer:
                     self.run_dir.record(path)
                     tracking.write_samples(path, p, r, s, extra)
                 m += 1
-                pace.tick(time.perf_counter() - t_iter)
+                now = time.perf_counter()  # from the previous tick: the ETA counts checkpoint writes too
+                pace.tick(now - t_iter)
+                t_iter = now
                 fields = (f"R {metrics['env/reward_mean']:.3f} CVaR {metrics['env/reward_cvar']:.3f} "
                           f"KL {metrics['objective/kl']:.3f} β {metrics['objective/kl_coef']:.3f} "
                           f"α′ {int(metrics['risk/alpha_prime'])}")
