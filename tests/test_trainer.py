@@ -180,3 +180,15 @@ def test_progress_lines_show_the_recent_rate_and_the_compile_time_once(train_wor
     assert [x.split()[1] for x in progress] == ["1/3", "2/3", "3/3"]
     assert sum("compiling the jitted steps" in x for x in lines) == 1
     assert all(x.endswith(" s/it)") for x in progress)  # Pace's rate (its values: the test above)
+
+
+def test_a_reward_passed_to_the_trainer_scores_the_rollouts(train_world, tmp_path):
+    """Trainer(reward=...) is the reward of every iteration (docs/architecture.md, "Where new things go")."""
+    from rajax.rewards import PythonReward
+
+    reward = PythonReward(lambda text: float(len(text)))
+    t = _trainer(train_world, tmp_path / "r", iterations=1, reward=reward)
+    assert t.reward is reward
+    _, (prompts, responses, scores) = t.iteration(0)
+    np.testing.assert_array_equal(scores, [len(p + r) for p, r in zip(prompts, responses)])
+    t.close()
