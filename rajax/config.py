@@ -28,6 +28,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from rajax.core import plugins
 from rajax.core import ppo as ppo_lib
 from rajax.core import risk as risk_lib
 from rajax.core.errors import InvalidInput, MissingInput
@@ -80,6 +81,9 @@ class RewardConfig:
     clean_up_spaces: bool = False
     # Score the response text alone instead of prompt + response (the GPT-J scripts, quirk #20).
     response_only: bool = False
+    # A Python reward instead of the classifier: module:function or path/to/file.py:function naming a
+    # function (list of texts) -> one number per text, or an object with score_texts (rajax.rewards.Reward).
+    fn: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -503,7 +507,8 @@ def validate(cfg: Config, num_devices: int = 1) -> Config:
         _check(0.0 <= m.lora_dropout < 1.0, f"model.lora_dropout={m.lora_dropout} must be in [0, 1)")
     else:
         _check(m.base_dtype == "float32", "model.base_dtype applies to LoRA base weights only; set model.lora_rank")
-    _check(bool(r.model), "reward.model is empty; pass --reward-model")
+    _check(bool(r.model) or bool(r.fn), "reward.model is empty; pass --reward-model (or a Python reward: reward.fn)")
+    _check(r.fn is None or plugins.is_spec(r.fn), f"reward.fn={r.fn!r}: expected {plugins.FORMS}")
     _choice(r.kind, REWARD_KINDS, "reward.kind")
     _check(r.sign in (None, 1, -1), f"reward.sign={r.sign} must be 1, -1 or null")
     _check(r.index is None or r.index >= 0, f"reward.index={r.index} must be >= 0 or null")

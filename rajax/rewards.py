@@ -23,6 +23,7 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 import jax
 import numpy as np
 
+from rajax.core import plugins
 from rajax.core.errors import InvalidInput
 from rajax.io.hf_bert import load_classifier
 from rajax.models import bert
@@ -210,10 +211,25 @@ def reward_for_task(kind: str, path: str | None = None, **kw) -> RewardModel:
     return _TASKS[kind](**kw) if path is None else _TASKS[kind](path, **kw)
 
 
-def from_config(rc) -> RewardModel:
-    """The reward of a config's ``reward`` section: the kind's label and sign unless overridden."""
+def from_config(rc) -> Reward:
+    """The reward of a config's ``reward`` section: the user's Python reward when ``reward.fn`` names
+    one (``from_spec``), else the classifier with the kind's label and sign unless overridden."""
+    if rc.fn:
+        return from_spec(rc.fn)
     over = {k: v for k, v in (("label", rc.label), ("index", rc.index), ("sign", rc.sign)) if v is not None}
     return reward_for_task(rc.kind, rc.model, max_length=rc.max_length, what="--reward-model", **over)
+
+
+def from_spec(spec: str) -> Reward:
+    """The reward a ``module:function`` (or ``path/to/file.py:function``) spec names: an object with
+    ``score_texts`` is used as it is; a function is called with a list of texts (prompt + response)
+    and returns one number per text (``PythonReward(fn, batched=True)``)."""
+    obj = plugins.load(spec, what="reward.fn")
+    if isinstance(obj, Reward):
+        return obj
+    if not callable(obj):
+        raise InvalidInput(f"reward.fn={spec!r} is a {type(obj).__name__}, not a function of texts")
+    return PythonReward(obj, batched=True)
 
 
 class PythonReward:

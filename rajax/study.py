@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import scipy.stats
 
 from rajax.core.errors import InvalidInput
 
@@ -47,10 +48,9 @@ MAIN = "main"
 
 # Metrics of a row where lower is better (every other one: higher is better).
 LOWER_IS_BETTER = ("perplexity",)
-# Two-sided 95% Student-t quantiles t_{0.975, df}, df = 1..30 (standard tables).
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042)
+# The t quantile and the bootstrap come from scipy.stats (a dependency of jax, declared by rajax too)
+# rather than a hand-copied t-table and a hand-written resampling loop: exact for every df, and the
+# bootstrap is the library's maintained percentile method.
 BOOTSTRAP_RESAMPLES = 10_000
 MECHANISM_KEYS = ("risk/kept_tail_frac", "risk/tail_frac", "env/tail_reward_mean", "env/reward_mean",
                   "risk/alpha_prime", "objective/kl", "objective/kl_coef")
@@ -124,7 +124,8 @@ def row(m: Mapping) -> dict:
 
 
 def t975(df: int) -> float:
-    return _T975[df - 1] if df <= len(_T975) else 1.960 + 2.4 / df  # within 0.002 of the exact value
+    """The two-sided 95% Student-t quantile t_{0.975, df}."""
+    return float(scipy.stats.t.ppf(0.975, df))
 
 
 def interval(values: Sequence[float]) -> dict:
@@ -155,9 +156,9 @@ def paired(a: Sequence[float], b: Sequence[float], metric: str, *, seed: int = 0
     if len(d) == 1 or not np.all(np.isfinite(d)):
         lo = hi = float("nan")
     else:
-        rng = np.random.default_rng(seed)
-        means = d[rng.integers(0, len(d), (BOOTSTRAP_RESAMPLES, len(d)))].mean(1)
-        lo, hi = (float(v) for v in np.percentile(means, [2.5, 97.5]))
+        ci = scipy.stats.bootstrap((d,), np.mean, n_resamples=BOOTSTRAP_RESAMPLES, confidence_level=0.95,
+                                   method="percentile", rng=np.random.default_rng(seed)).confidence_interval
+        lo, hi = float(ci.low), float(ci.high)
     return {"n": len(d), "mean": float(d.mean()), "lo": lo, "hi": hi, "diffs": d.tolist(),
             "decision": decide(lo, hi, metric)}
 

@@ -30,3 +30,20 @@ def test_custom_reward_example_follows_the_schedule_mask_and_controller(syntheti
         betas.append(beta)
     np.testing.assert_allclose([h["beta"] for h in hist], betas, rtol=1e-6)
     assert all(np.isfinite(h["reward"]) for h in hist)
+
+
+def test_custom_reward_example_compiles_each_jitted_step_once(synthetic_assets):
+    """The documented loop places nothing on the mesh itself (params from hf.load, tx.init's state,
+    kl_init's β): the jitted sampler, passes and PPO step must still compile once, not again at
+    iteration 1 when the step's outputs come back on the mesh (issue 23, item 1). A first one-iteration
+    run compiles iteration 0's entries; a second run's later iterations must add none."""
+    from rajax.core import ppo, rollout
+
+    ex = _load("custom_reward")
+    args = ["--batch", "8", "--alpha", "0.25", "--cache", synthetic_assets[0].root, "--small"]
+    steps = {"sample": rollout.sample, "policy_and_reference": rollout.policy_and_reference,
+             "_ppo_step": ppo._ppo_step_jit}
+    ex.main(["--iterations", "1", *args])
+    before = {name: f._cache_size() for name, f in steps.items()}
+    ex.main(["--iterations", "3", *args])
+    assert {name: f._cache_size() for name, f in steps.items()} == before

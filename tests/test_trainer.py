@@ -127,3 +127,68 @@ def test_tail_metrics_say_where_the_mask_puts_the_update():
     none = T.Trainer.tail_metrics(fake, ["good"] * 4, scores, keep)
     assert none["risk/tail_frac"] == 0.0 and "env/tail_reward_mean" not in none
     assert T.Trainer.tail_metrics(SimpleNamespace(reward=lambda p, r: 0.0), prompts, scores, keep) == {}
+
+
+def test_a_run_made_from_python_is_a_run_directory_the_cli_resumes(train_world, tmp_path):
+    """Trainer(cfg, out) without the CLI: config.yaml from the start, and after run() and finish() the
+    curves, the model and the evaluation, all in the manifest; `rajax train --resume` continues it."""
+    import json
+
+    from rajax.cli import train
+    from rajax.io.rundir import MANIFEST
+
+    out = tmp_path / "lib"
+    t = _trainer(train_world, out, iterations=1)
+    assert (out / "config.yaml").is_file()
+    t.run()
+    done = t.finish()
+    t.close()
+    assert done["eval"] == out / "eval" and (out / "eval" / "report.md").is_file()
+    assert (out / "curves.png").is_file() and (out / "model" / "config.json").is_file()
+    entries = json.loads((out / MANIFEST).read_text())["entries"]
+    assert {"config.yaml", "curves.png", "checkpoints", "metrics.jsonl"} <= set(entries)
+    assert "eval/report.md" in entries and "model/config.json" in entries
+    assert train.main(["--resume", str(out), "--iterations", "2", "--quiet", "--no-eval"]) == 0
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in recs] == [0, 1]
+
+
+def test_the_console_rate_is_recent_and_leaves_out_the_compiling_iteration():
+    """Iterations of 17.3 s (compiling), then 0.5, 0.4, 0.45 s: 0.45 s/it, not the cumulative 4.66;
+    the compile time is said once."""
+    pace = T.Pace(window=10)
+    pace.tick(17.3)
+    assert pace.rate() == 17.3 and pace.compile_note() is None  # nothing to compare with yet
+    for s in (0.5, 0.4, 0.45):
+        pace.tick(s)
+    assert pace.rate() == pytest.approx(0.45)
+    assert pace.eta(100) == "00:45"
+    note = pace.compile_note()
+    assert "17.3 s" in note and "16.8 s" in note and pace.compile_note() is None
+    for _ in range(10):
+        pace.tick(1.0)
+    assert pace.rate() == pytest.approx(1.0)  # only the last 10
+
+
+def test_progress_lines_show_the_recent_rate_and_the_compile_time_once(train_world, tmp_path):
+    lines = []
+    cfg = config_from_args(build_parser().parse_args(train_args(train_world, tmp_path / "p", iterations=3)))
+    t = T.Trainer(cfg, tmp_path / "p", progress=True, log=lines.append, report_to=())
+    t.run()
+    t.close()
+    progress = [x for x in lines if x.startswith("RA-RLHF ")]
+    assert [x.split()[1] for x in progress] == ["1/3", "2/3", "3/3"]
+    assert sum("compiling the jitted steps" in x for x in lines) == 1
+    assert all(x.endswith(" s/it)") for x in progress)  # Pace's rate (its values: the test above)
+
+
+def test_a_reward_passed_to_the_trainer_scores_the_rollouts(train_world, tmp_path):
+    """Trainer(reward=...) is the reward of every iteration (docs/architecture.md, "Where new things go")."""
+    from rajax.rewards import PythonReward
+
+    reward = PythonReward(lambda text: float(len(text)))
+    t = _trainer(train_world, tmp_path / "r", iterations=1, reward=reward)
+    assert t.reward is reward
+    _, (prompts, responses, scores) = t.iteration(0)
+    np.testing.assert_array_equal(scores, [len(p + r) for p, r in zip(prompts, responses)])
+    t.close()

@@ -24,7 +24,7 @@ import typing
 
 from rajax import config as config_lib
 from rajax import tasks
-from rajax.core import ppo, risk, rollout
+from rajax.core import plugins, ppo, risk, rollout
 from rajax.core.errors import InvalidInput
 
 # Short flags users know. One table for every command (each command takes the ones that do not clash
@@ -131,7 +131,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cfg, *, aliases: dict[str,
             value = getattr(getattr(cfg, section), f.name)
             text = helps.get(f.name) or f"the run's {f.name.replace('_', ' ')}"
             c = allowed.get(key)
-            metavar = "{" + ",".join(c) + "}" if c else _type_name(hints[f.name]).upper()
+            metavar = "{" + ",".join(c + ("module:function",) * (key in SPEC_KEYS)) + "}" if c else \
+                _type_name(hints[f.name]).upper()
             group.add_argument(*flags, dest=key, default=None, metavar=metavar,
                                help=f"{text} [preset: {_show(value)}]".replace("%", "%%"))
 
@@ -157,13 +158,19 @@ def typed_flag(argv, key: str, aliases: dict[str, str] | None = None) -> str:
     return f"--{key}"
 
 
+# Keys that also take a user's function as a module:function spec (rajax.core.plugins), checked when
+# the config is built.
+SPEC_KEYS = ("ppo.risk_measure",)
+
+
 def check_choices(over: list[str]) -> None:
     """A one-line error for a flag value outside its choices (the config checks again, with context)."""
     allowed = choices()
     for o in over:
         k, _, v = o.partition("=")
-        if k in allowed and v not in allowed[k]:
-            raise InvalidInput(f"{k}={v!r} is not valid; choose one of {', '.join(allowed[k])}")
+        if k in allowed and v not in allowed[k] and not (k in SPEC_KEYS and plugins.is_spec(v)):
+            extra = f" or {plugins.FORMS}" if k in SPEC_KEYS else ""
+            raise InvalidInput(f"{k}={v!r} is not valid; choose one of {', '.join(allowed[k])}{extra}")
 
 
 def preset_for(argv, *, default_task: str | None = None):

@@ -17,7 +17,6 @@ from rajax import config as config_lib
 from rajax import evaluation, tasks
 from rajax.cli import common, options
 from rajax.core.errors import InvalidInput, train_command
-from rajax.io import tracking
 from rajax.io.rundir import RunDir
 from rajax.trainer import Trainer
 
@@ -108,7 +107,7 @@ def _summary_lines(trainer, out: pathlib.Path) -> list[str]:
     return [
         f"run: {out}  (task {c.task}; every setting: {out / 'config.yaml'})",
         f"policy: {trainer.policy.describe()}  {c.model.policy}",
-        f"reference: {ref}   reward: {c.reward.model} ({c.reward.kind})",
+        f"reference: {ref}   reward: {c.reward.fn or f'{c.reward.model} ({c.reward.kind})'}",
         f"method: {method}; {trainer.iterations} iterations of {c.train.batch_size}, PPO lr {c.ppo.learning_rate:g}, "
         f"{c.ppo.ppo_epochs} epochs",
     ]
@@ -143,28 +142,21 @@ def _main(args) -> int:
     try:
         log(common.runtime_line())
         trainer = Trainer(cfg, out, run=run, progress=not args.quiet, log=log, report_to=report_to)
-        if lead:
-            config_lib.dump_yaml(trainer.cfg, out / "config.yaml")
-            run.record(out / "config.yaml")
+        if lead:  # the trainer wrote config.yaml
             print("\n".join(_summary_lines(trainer, out)), flush=True)
             if args.verbose:
                 print(f"--- resolved config ---\n{(out / 'config.yaml').read_text()}---", flush=True)
         summary = trainer.run(resume=bool(args.resume))
         if not lead:
             return common.exit_code_for(summary["signal"]) if summary["interrupted"] else 0
-        model_dir = trainer.export()
-        curves = tracking.plot_curves(out)
-        run.record(curves)
+        done = trainer.finish(evaluate=bool(summary["finished"] and cfg.train.eval_at_end and not args.no_eval
+                                            and not summary["interrupted"]), progress=not args.quiet)
+        model_dir, curves, res = done["model"], done["curves"], done["eval"]
         if summary["interrupted"]:
             print(f"stopped by signal after iteration {summary['iterations_done']}; model: {model_dir}; "
                   f"continue with: {train_command()} --resume {out}")
             return common.exit_code_for(summary["signal"])
-        if summary["finished"] and cfg.train.eval_at_end and not args.no_eval:
-            name = "ra-rlhf" if cfg.risk.alpha < 1 else "rlhf"
-            res = run.replace_dir("eval", lambda d: evaluation.evaluate(
-                trainer.cfg, {"init": trainer.cfg.model.policy, name: (trainer.policy, trainer.host_params())},
-                d, reward=trainer.reward, tokenizer=trainer.tokenizer, task_data=trainer.data,
-                extra_scorers=trainer.extra_scorers, progress=not args.quiet, check_finite=False))
+        if res is not None:
             metrics = json.loads((res / "metrics.json").read_text())
             print(f"\n{(res / 'metrics.md').read_text().rstrip()}\n")
             print(f"report: {res / 'report.md'}\ncurves: {curves}\nmodel:  {model_dir}")

@@ -108,6 +108,29 @@ def place_params(tree: Any, mesh: jax.sharding.Mesh, sharded: bool) -> Any:
     return shard_params(tree, mesh) if sharded else replicate(tree, mesh)
 
 
+def on_mesh(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+    """``tree`` with every array on ``mesh``: arrays already laid out on it (replicated or sharded, e.g.
+    by :func:`shard_params`) are returned as they are, anything else (NumPy, a fresh ``jnp`` array, an
+    array on another mesh) is replicated.
+
+    The jitted entry points (``rollout.collect``, ``ppo.ppo_step``) call this on parameters, optimizer
+    state and β. A jit cache entry is keyed on each input's type, which includes its mesh: parameters
+    from a loader (no mesh) and the same parameters after one PPO step (on the mesh) are two types,
+    so without this a loop that does not place them itself compiles every step a second time. On
+    already placed trees it is a no-op; on one device replicating aliases the buffer (no copy)."""
+    rep = NamedSharding(mesh, PartitionSpec())
+
+    def put(x):
+        if isinstance(x, jax.Array):
+            if isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh:
+                return x
+            if not x.is_fully_addressable:  # a multi-host array on another mesh: move it on device
+                return jax.device_put(x, rep)
+        return _put(x, rep)
+
+    return jax.tree.map(put, tree)
+
+
 def to_host(tree: Any) -> Any:
     """NumPy copies of (possibly multi-host) arrays: replicated ones from a local shard, sharded ones
     gathered from every process."""

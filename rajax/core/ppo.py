@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rajax.core import risk
+from rajax.core import parallel, plugins, risk
 from rajax.core.errors import InvalidInput
 from rajax.core.rollout import Rollout
 
@@ -56,15 +56,14 @@ class PPOConfig:
     adam_eps: float = 1e-8  # Adam epsilon
     risk_stat: str = "gae_return"  # "gae_return" (code) | "mc_return" (paper text) | "env_score"
     kl_stat: str = "diluted"  # "diluted" (code) | "kept_mean" (paper Eq. 12) | "all"
-    risk_measure: str = "cvar"  # "cvar" (code: 0/1 mask) | "cvar_pg" (paper Eq. 7 weights)
+    risk_measure: str = "cvar"  # "cvar" (code: 0/1 mask) | "cvar_pg" (paper Eq. 7 weights) | a registered name | module:function
+    optimizer: str = "adam"  # "adam" (the original code's, default_optimizer) | module:function, a function (PPOConfig) -> optax transformation
 
     def __post_init__(self):
         checks = [
             (self.kl_penalty in KL_PENALTIES, f"kl_penalty={self.kl_penalty!r}; choose one of {KL_PENALTIES}"),
             (self.risk_stat in risk.EPISODE_STATS, f"risk_stat={self.risk_stat!r}; choose one of {risk.EPISODE_STATS}"),
             (self.kl_stat in KL_STATS, f"kl_stat={self.kl_stat!r}; choose one of {KL_STATS}"),
-            (self.risk_measure in risk.RISK_MEASURES,
-             f"risk_measure={self.risk_measure!r}; choose one of {sorted(risk.RISK_MEASURES)}"),
             (self.ppo_epochs >= 1, f"ppo_epochs must be >= 1, got {self.ppo_epochs}"),
             (self.mini_batch_size >= 1, f"mini_batch_size must be >= 1, got {self.mini_batch_size}"),
             (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
@@ -72,6 +71,12 @@ class PPOConfig:
         for ok, msg in checks:
             if not ok:
                 raise InvalidInput(f"invalid PPOConfig: {msg}")
+        # A registered name or a user's module:function (loaded here, so a bad spec fails at config time).
+        risk.measure(self.risk_measure)
+        if self.optimizer != "adam":
+            if not plugins.is_spec(self.optimizer):
+                raise InvalidInput(f"invalid PPOConfig: optimizer={self.optimizer!r}; give adam or {plugins.FORMS}")
+            plugins.load_callable(self.optimizer, what="ppo.optimizer")
 
     def replace(self, **kw) -> "PPOConfig":
         return dataclasses.replace(self, **kw)
@@ -90,6 +95,22 @@ def default_optimizer(cfg: PPOConfig) -> optax.GradientTransformation:
     if cfg.max_grad_norm is None:
         return adam
     return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), adam)
+
+
+@functools.lru_cache(maxsize=None)
+def make_optimizer(cfg: PPOConfig) -> optax.GradientTransformation:
+    """The optimizer ``cfg.optimizer`` names: ``default_optimizer(cfg)`` for ``"adam"``, else the
+    user's ``module:function`` called with ``cfg`` (it reads ``learning_rate`` etc. from there).
+
+    Cached per config like ``default_optimizer``: the transformation is a static argument of the
+    jitted step, so one config must give one object."""
+    if cfg.optimizer == "adam":
+        return default_optimizer(cfg)
+    tx = plugins.load_callable(cfg.optimizer, what="ppo.optimizer")(cfg)
+    if not isinstance(tx, optax.GradientTransformation):
+        raise InvalidInput(f"ppo.optimizer={cfg.optimizer!r} returned a {type(tx).__name__}, not an optax "
+                           "GradientTransformation")
+    return tx
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,7 +320,7 @@ def with_frozen(params, frozen):
 
 
 def _ppo_step(policy, cfg: PPOConfig, tx, params, opt_state, rollout: Rollout, beta, alpha_prime, key,
-              frozen=None):
+              frozen=None, measure=None):
     b, n = rollout.mask.shape
     p = rollout.input_ids.shape[1] - n
     mask = rollout.mask.astype(jnp.float32)
@@ -317,7 +338,7 @@ def _ppo_step(policy, cfg: PPOConfig, tx, params, opt_state, rollout: Rollout, b
     stat = risk.episode_statistic(cfg.risk_stat, returns_BxN=returns, rewards_BxN=rewards, mask_BxN=mask,
                                   scores_B=rollout.scores)
     k = jnp.clip(jnp.asarray(alpha_prime, jnp.int32), 1, b)
-    w, q = risk.risk_weights(cfg.risk_measure, stat, k)
+    w, q = (risk.measure(cfg.risk_measure) if measure is None else measure)(stat, k)
     w = w / jnp.maximum(w.max(), 1e-30)  # 0/1 weights stay 0/1; see risk.RiskMeasure
     keep = w > 0
     rmask = mask * w[:, None]
@@ -382,7 +403,9 @@ def _ppo_step(policy, cfg: PPOConfig, tx, params, opt_state, rollout: Rollout, b
     return params, opt_state, stats, keep
 
 
-_ppo_step_jit = jax.jit(_ppo_step, static_argnums=(0, 1, 2), donate_argnums=(3, 4))
+# ``measure`` (the risk measure's function) is static beside ``cfg``: the cache is then keyed on the
+# function, so registering another function under the same name compiles the new one.
+_ppo_step_jit = jax.jit(_ppo_step, static_argnums=(0, 1, 2), static_argnames=("measure",), donate_argnums=(3, 4))
 
 
 def ppo_step(policy, ppo_cfg: PPOConfig, params, opt_state, rollout: Rollout, beta, alpha_prime, key, *,
@@ -394,8 +417,11 @@ def ppo_step(policy, ppo_cfg: PPOConfig, params, opt_state, rollout: Rollout, be
     ``lax.scan`` → statistics over rmask. ``alpha_prime = B`` is exactly plain PPO (the RLHF baseline).
     ``policy`` is a hashable model handle (``rajax.core.rollout.Policy``, e.g. a ``GPT2Config``). ``tx``
     is the optimizer (any optax transformation; ``opt_state`` must come from its ``init``); the
-    default is ``default_optimizer(ppo_cfg)``, Adam as the original code. Pass the same ``tx``
-    object every step: it is a static argument, so a new one recompiles.
+    default is ``make_optimizer(ppo_cfg)``: Adam as the original code unless ``ppo_cfg.optimizer``
+    names another. Pass the same ``tx``
+    object every step: it is a static argument, so a new one recompiles. When ``rollout`` is on a mesh
+    (``rollout.collect``'s is), ``params``, ``opt_state``, ``beta`` and ``frozen`` are placed on it
+    first (``parallel.on_mesh``), so unplaced ones (``hf.load``, ``tx.init``, ``kl_init``) compile once.
     ``frozen`` (default None: every parameter trains) is a tree of weights that are read but not
     trained nor donated, e.g. a LoRA policy's base weights: ``params`` is then the trainable subset
     (adapters and value head) and ``policy.forward`` sees ``with_frozen(params, frozen)``.
@@ -421,6 +447,13 @@ def ppo_step(policy, ppo_cfg: PPOConfig, params, opt_state, rollout: Rollout, be
     if k is not None and not 1 <= k <= b:
         raise InvalidInput(f"alpha_prime={k} must be an episode count in [1, {b}]")
     # Fixed dtypes (not weak Python scalars) so a float/array beta or an int/np alpha' hit one cache entry.
-    tx = default_optimizer(ppo_cfg) if tx is None else tx
-    return _ppo_step_jit(policy, ppo_cfg, tx, params, opt_state, rollout, jnp.asarray(beta, jnp.float32),
-                         jnp.asarray(alpha_prime, jnp.int32), key, frozen)
+    beta = jnp.asarray(beta, jnp.float32)
+    sharding = getattr(rollout.input_ids, "sharding", None)
+    if isinstance(sharding, jax.sharding.NamedSharding):
+        # And one mesh: the step returns params, opt_state and (through kl_update) β on the rollout's
+        # mesh, so inputs that a caller did not place (a loader's params, tx.init's state, kl_init's β)
+        # would make a second cache entry at the next iteration (parallel.on_mesh).
+        params, opt_state, beta, frozen = parallel.on_mesh((params, opt_state, beta, frozen), sharding.mesh)
+    tx = make_optimizer(ppo_cfg) if tx is None else tx
+    return _ppo_step_jit(policy, ppo_cfg, tx, params, opt_state, rollout, beta,
+                         jnp.asarray(alpha_prime, jnp.int32), key, frozen, measure=risk.measure(ppo_cfg.risk_measure))

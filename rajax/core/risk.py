@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rajax.core import plugins
 from rajax.core.errors import InvalidInput
 
 SCHEDULERS = ("new", "old")
@@ -129,7 +130,8 @@ def cvar_mask(stat_B: jax.Array, k) -> jax.Array:
 RiskMeasure = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 """A risk measure maps (stat_B, k) -> (weights_B >= 0, threshold q). ``ppo.ppo_step`` multiplies
 the token mask of episode j by weights_j / max(weights), so 0/1 weights select episodes and other
-weights become weighted masked means. Register a new one in ``RISK_MEASURES``."""
+weights become weighted masked means. ``register`` one under a name, or name it by a
+``module:function`` spec (``rajax.core.plugins``) in ``ppo.risk_measure``."""
 
 
 def cvar_weights(stat_B: jax.Array, k) -> tuple[jax.Array, jax.Array]:
@@ -152,8 +154,30 @@ def cvar_pg_weights(stat_B: jax.Array, k) -> tuple[jax.Array, jax.Array]:
 RISK_MEASURES: dict[str, RiskMeasure] = {"cvar": cvar_weights, "cvar_pg": cvar_pg_weights}
 
 
-def risk_weights(measure: str, stat_B: jax.Array, k) -> tuple[jax.Array, jax.Array]:
-    """Look up ``measure`` in ``RISK_MEASURES`` and apply it; returns (weights_B, q)."""
-    if measure not in RISK_MEASURES:
-        raise InvalidInput(f"unknown risk measure {measure!r}; choose one of {sorted(RISK_MEASURES)}")
-    return RISK_MEASURES[measure](stat_B, k)
+def register(name: str, fn: RiskMeasure) -> RiskMeasure:
+    """Make ``fn`` the risk measure ``ppo.risk_measure=name`` selects (returns ``fn``). Registering a
+    name again replaces its function, and the next ``ppo_step`` uses the new one: the jitted step is
+    keyed on the function, not on the name."""
+    if not isinstance(name, str) or not name or ":" in name:
+        raise InvalidInput(f"a risk measure's name must be a non-empty string without ':' (the spec "
+                           f"separator), got {name!r}")
+    if not callable(fn):
+        raise InvalidInput(f"risk measure {name!r} must be a function (stat_B, k) -> (weights_B, q)")
+    RISK_MEASURES[name] = fn
+    return fn
+
+
+def measure(name_or_spec: str) -> RiskMeasure:
+    """The function ``ppo.risk_measure`` names: a registered name (``RISK_MEASURES``) or a spec of a
+    user's function, ``module:function`` or ``path/to/file.py:function`` (``rajax.core.plugins``)."""
+    if name_or_spec in RISK_MEASURES:
+        return RISK_MEASURES[name_or_spec]
+    if plugins.is_spec(name_or_spec):
+        return plugins.load_callable(name_or_spec, what="ppo.risk_measure")
+    raise InvalidInput(f"unknown risk measure {name_or_spec!r}; choose one of {sorted(RISK_MEASURES)} "
+                       f"(registered with rajax.core.risk.register) or give {plugins.FORMS}")
+
+
+def risk_weights(name_or_spec: str, stat_B: jax.Array, k) -> tuple[jax.Array, jax.Array]:
+    """Apply the risk measure ``name_or_spec`` names (``measure``); returns (weights_B, q)."""
+    return measure(name_or_spec)(stat_B, k)

@@ -341,10 +341,15 @@ def collect(policy: Policy, params, ref_params, prompt_ids: np.ndarray, prompt_m
     JAX runs them asynchronously, so the device computes them while the host tokenises, and
     ``time/forward_wait`` is what the overlap did not hide. ``overlap=False`` waits for each phase
     (``time/forward`` is then the passes alone), for benchmarks that compare phases. ``reference``
-    and ``ref_params=None``: see ``policy_and_reference``.
+    and ``ref_params=None``: see ``policy_and_reference``. ``params`` and ``ref_params`` may be on the
+    mesh or not (e.g. straight from ``rajax.io.hf.load``): they are placed on ``mesh`` first, so the
+    jitted sampler and passes compile once whichever the caller gives.
     """
     t = time.perf_counter()
     timings = {}
+    # Parameters on the mesh whoever loaded them: a jit cache entry is keyed on the mesh of its inputs,
+    # and the PPO step returns them on it (parallel.on_mesh; a no-op on placed trees).
+    params, ref_params = parallel.on_mesh((params, ref_params), mesh)
     ids_d, mask_d = parallel.shard_batch((prompt_ids, prompt_mask), mesh)
     s = settings.sample(policy, params, ids_d, prompt_mask, key, prompt_mask=mask_d, dropout=dropout)
     if settings.tail_slice:

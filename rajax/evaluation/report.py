@@ -106,15 +106,35 @@ def _jsonable(x):
     return x
 
 
+def _csv_cell(v):
+    """A table value as the csv module writes it: NaN and None empty (as pandas wrote them), NumPy
+    scalars as Python numbers (float32 by its shortest repr, 0.1 and not 0.10000000149011612)."""
+    if v is None or (isinstance(v, (float, np.floating)) and math.isnan(v)):
+        return ""
+    if isinstance(v, np.floating) and not isinstance(v, np.float64):
+        return float(str(v))
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def write_csv(path: str, table: Mapping) -> None:
+    """Columns (name -> equally long sequence) as a CSV file with a header row.
+
+    The csv module, not pandas: this was rajax's one use of pandas, which made it a required dependency
+    for a loop. Every string is quoted: generations can hold "\r" and other line breaks that minimal
+    quoting leaves bare, which would split rows on reading."""
+    cols = list(table)
+    n = len(table[cols[0]]) if cols else 0
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n")
+        w.writerow(cols)
+        for i in range(n):
+            w.writerow([_csv_cell(table[c][i]) for c in cols])
+
+
 def write(out_dir: str, metrics: dict, table: dict, *, prompt_scores, rewards_by: Mapping, returns_by: Mapping,
           labels=None, class_names: Mapping | None = None, max_new_tokens: int, ppl_max_chars) -> None:
     """Every file of an evaluation directory: the generations, the metrics, the figures, the report."""
-    import pandas as pd  # heavy: only for the CSV
-
-    # Quote every string: generations can hold "\r" and other line breaks that minimal quoting
-    # leaves bare (pandas only quotes the line terminator "\n"), which would split rows on reading.
-    pd.DataFrame(table).to_csv(os.path.join(out_dir, "generations.csv"), index=False,
-                               quoting=csv.QUOTE_NONNUMERIC)
+    write_csv(os.path.join(out_dir, "generations.csv"), table)
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(_jsonable(metrics), f, indent=2)
     md = metrics_table(metrics)

@@ -73,7 +73,7 @@ def prepare(cfg, *, require: Sequence[str] = ("train",), progress: bool = True, 
             cfg = other.resolve(cfg, progress=progress)
     if check_hub:
         m, r, d = cfg.model, cfg.reward, cfg.data
-        sources = [("--policy", m.policy), ("--ref-policy", m.ref_policy), ("--reward-model", r.model),
+        sources = [("--policy", m.policy), ("--ref-policy", m.ref_policy), ("--reward-model", None if r.fn else r.model),
                    ("--tokenizer", m.tokenizer), ("--data", d.path), ("--test-path", d.test_path)]
         hub.preflight(sources, task.hub_needs(cfg, require), hint=offline_hint())
     return cfg, task

@@ -178,3 +178,58 @@ def test_sigterm_finishes_the_iteration_checkpoints_and_exits(train_world, tmp_p
     assert 1 <= done < 34
     assert Checkpointer(out / "checkpoints").latest_step() == done  # the stopping iteration is saved
     assert f"{train_command()} --resume {out}" in output  # the hint names the command the user typed
+
+
+USER_EXT = '''
+import jax.numpy as jnp
+import optax
+
+OPTIMIZERS = []
+
+
+def lowest_one(stat_B, k):
+    """Keeps only the lowest episode, whatever the schedule's k."""
+    return (stat_B == stat_B.min()).astype(jnp.float32), stat_B.min()
+
+
+def sgd(cfg):
+    OPTIMIZERS.append(cfg.learning_rate)
+    return optax.sgd(cfg.learning_rate)
+
+
+def length(texts):
+    return [float(len(t)) for t in texts]
+'''
+
+
+def test_a_users_risk_measure_optimizer_and_reward_run_from_the_command_line(train_world, tmp_path, capsys,
+                                                                            monkeypatch):
+    """module:function specs in --set reach a user's module beside the run (not installed, not on
+    sys.path: `rajax` finds it in the working directory), and --resume loads them again from config.yaml."""
+    import csv
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    (tmp_path / "rajax_test_user_ext.py").write_text(USER_EXT)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    specs = ["--set", "ppo.risk_measure=rajax_test_user_ext:lowest_one", "--set", "ppo.optimizer=rajax_test_user_ext:sgd",
+             "--set", "reward.fn=rajax_test_user_ext:length"]
+    assert train.main(train_args(train_world, out, "--no-eval", *specs, iterations=1)) == 0
+    assert train.main(["--resume", str(out), "--iterations", "2", "--quiet", "--no-eval"]) == 0
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["risk/kept"] for r in recs] == [1.0, 1.0]  # cvar would keep all 8 at iteration 0
+    for it in (0, 1):
+        with (out / "samples" / f"iter_0000{it}.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        assert [float(r["reward"]) for r in rows] == [float(len(r["prompt"] + r["response"])) for r in rows]
+    assert sys.modules["rajax_test_user_ext"].OPTIMIZERS == [1e-3]  # one config, one transformation
+    assert "risk_measure: rajax_test_user_ext:lowest_one" in (out / "config.yaml").read_text()
+    capsys.readouterr()
+    for spec, needle in (("ppo.risk_measure=rajax_test_no_such_module:f", "no module named 'rajax_test_no_such_module'"),
+                         ("ppo.risk_measure=rajax_test_user_ext:nope", "rajax_test_user_ext has no attribute 'nope'"),
+                         ("ppo.risk_measure=mine", "ppo.risk_measure='mine' is not valid"),
+                         ("reward.fn=rajax_test_user_ext", "reward.fn='rajax_test_user_ext': expected module:function")):
+        assert train.main(train_args(train_world, tmp_path / "bad", "--set", spec)) == 2, spec
+        err = capsys.readouterr().err
+        assert err.startswith("rajax: error: ") and needle in err and err.count("\n") == 1, err
+        assert not (tmp_path / "bad").exists()

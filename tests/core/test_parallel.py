@@ -39,6 +39,21 @@ def test_shard_replicate_and_back_to_the_host():
         parallel.shard_batch(np.float32(1.0), mesh)
 
 
+def test_on_mesh_keeps_placed_arrays_and_replicates_the_rest():
+    """What the jitted entry points call: an array already on the mesh (replicated or sharded) is the
+    same object afterwards; NumPy, a fresh jnp array or one on another mesh comes back replicated on it."""
+    mesh = parallel.make_mesh()
+    x = np.arange(64 * 8, dtype=np.float32).reshape(64, 8)
+    sharded = parallel.shard_params({"w": x}, mesh, min_size=0)["w"]
+    replicated = parallel.replicate(x, mesh)
+    other = parallel.replicate(x, parallel.make_mesh(devices=jax.devices()[:2]))
+    got = parallel.on_mesh({"s": sharded, "r": replicated, "np": x, "jnp": jnp.asarray(x), "o": other}, mesh)
+    assert got["s"] is sharded and got["r"] is replicated
+    for k in ("np", "jnp", "o"):
+        assert got[k].sharding.mesh == mesh and got[k].sharding.is_fully_replicated, k
+        np.testing.assert_array_equal(np.asarray(got[k]), x)
+
+
 def test_all_finite():
     ok = {"a": jnp.ones(3), "b": [jnp.zeros((2, 2)), jnp.arange(3)]}
     assert bool(parallel.all_finite(ok))

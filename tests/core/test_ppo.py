@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from rajax.core import parallel, ppo, risk, rollout
+from rajax.core import parallel, plugins, ppo, risk, rollout
 from rajax.models import gpt2
 
 B, P, N = 8, 5, 6
@@ -319,6 +319,51 @@ def test_ppo_step_data_parallel_matches_single_device(setup):
     chex.assert_trees_all_close(jax.device_get(p8), jax.device_get(p1), atol=1e-5, rtol=0)
     for name in ("objective/kl", "ppo/loss/total", "risk/quantile", "ppo/returns/mean"):
         np.testing.assert_allclose(float(st8[name]), float(st1[name]), rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_unplaced_inputs_and_the_steps_own_outputs_hit_one_cache_entry(setup):
+    """A library loop passes params as loaded, tx.init's state and kl_init's β (on no mesh) at its first
+    step, then the step's own outputs and kl_update's β (on the rollout's mesh): one compilation."""
+    params, _, ro, _ = setup
+    tx = ppo.default_optimizer(CFG)
+    ro_s = parallel.shard_batch(ro, parallel.make_mesh(B))
+    klc = ppo.kl_init(0.2)
+    p, o, st, _ = ppo.ppo_step(MODEL, CFG, copy(params), tx.init(params), ro_s, klc.beta, 3, jax.random.key(2))
+    size = ppo._ppo_step_jit._cache_size()
+    klc = ppo.kl_update(klc, st["objective/kl"], n_steps=B)
+    ppo.ppo_step(MODEL, CFG, p, o, ro_s, klc.beta, 3, jax.random.key(3))
+    assert ppo._ppo_step_jit._cache_size() == size
+
+
+def test_registering_a_measure_again_replaces_it_in_the_jitted_step(setup, monkeypatch):
+    """The jitted step is keyed on the measure's function, not its name: the second function registered
+    as "mine" is the one the next step runs (the name alone would hit the first one's cache entry)."""
+    monkeypatch.setattr(risk, "RISK_MEASURES", dict(risk.RISK_MEASURES))
+    params, _, ro, _ = setup
+    risk.register("mine", lambda stat, k: (jnp.ones_like(stat), stat.max()))  # keeps every episode
+    cfg = CFG.replace(risk_measure="mine")
+    tx = ppo.default_optimizer(cfg)
+    keep = ppo.ppo_step(MODEL, cfg, copy(params), tx.init(params), ro, BETA, 3, jax.random.key(2))[3]
+    assert int(np.asarray(keep).sum()) == B
+    risk.register("mine", lambda stat, k: ((stat == stat.min()).astype(jnp.float32), stat.min()))  # the lowest one
+    keep = ppo.ppo_step(MODEL, cfg, copy(params), tx.init(params), ro, BETA, 3, jax.random.key(2))[3]
+    assert int(np.asarray(keep).sum()) == 1
+
+
+def test_optimizer_spec_names_a_users_optax_factory(tmp_path):
+    """ppo.optimizer=file.py:function builds the transformation from the config, once per config."""
+    f = tmp_path / "rajax_test_opt.py"
+    f.write_text("import optax\nCALLS = []\n\ndef sgd(cfg):\n    CALLS.append(cfg.learning_rate)\n"
+                 "    return optax.sgd(cfg.learning_rate)\n\ndef bad(cfg):\n    return 3\n")
+    cfg = CFG.replace(optimizer=f"{f}:sgd")
+    tx = ppo.make_optimizer(cfg)
+    assert ppo.make_optimizer(cfg) is tx and tx is not ppo.default_optimizer(CFG)
+    assert plugins.load(f"{f}:CALLS", what="t") == [CFG.learning_rate]
+    assert ppo.make_optimizer(CFG) is ppo.default_optimizer(CFG)
+    with pytest.raises(ValueError, match="returned a int, not an optax GradientTransformation"):
+        ppo.make_optimizer(CFG.replace(optimizer=f"{f}:bad"))
+    with pytest.raises(ValueError, match="optimizer='sgd'; give adam or module:function"):
+        CFG.replace(optimizer="sgd")
 
 
 def test_plain_ppo_learns_to_emit_the_rewarded_token(setup):

@@ -114,6 +114,22 @@ def test_risk_measures_registry():
         risk.risk_weights("var", x, 3)
 
 
+def test_register_and_spec_select_a_users_measure(monkeypatch):
+    monkeypatch.setattr(risk, "RISK_MEASURES", dict(risk.RISK_MEASURES))
+    x = jnp.array([4.0, -1.0, 2.0, 0.0])
+
+    def lowest(stat_B, k):
+        return (stat_B == stat_B.min()).astype(jnp.float32), stat_B.min()
+
+    assert risk.register("lowest", lowest) is lowest and risk.measure("lowest") is lowest
+    np.testing.assert_array_equal(np.asarray(risk.risk_weights("lowest", x, 3)[0]), [0, 1, 0, 0])
+    assert risk.measure("rajax.core.risk:cvar_pg_weights") is risk.cvar_pg_weights  # a module:function spec
+    with pytest.raises(ValueError, match="without ':'"):
+        risk.register("a:b", lowest)
+    with pytest.raises(ValueError, match=r"unknown risk measure 'var'; choose one of .*module:function"):
+        risk.measure("var")
+
+
 def test_episode_statistic_kinds():
     rng = np.random.default_rng(2)
     ret, rew = rng.normal(size=(4, 5)), rng.normal(size=(4, 5))
