@@ -408,7 +408,8 @@ class Trainer:
         cfg = self.policy.replace(dtype="float32")
 
         def build(d):
-            hf.save(d, cfg, params, tokenizer=self.tokenizer)  # a LoRA policy is written merged
+            # A LoRA policy is written merged; the special ids are the tokenizer's, then the source's.
+            hf.save(d, cfg, params, tokenizer=self.tokenizer, source=self.cfg.model.policy)
             if getattr(cfg, "lora", None) is not None:  # and its adapters alone, as PEFT loads them
                 peft.save_adapter(pathlib.Path(d) / "adapter", cfg, params, base_model=self.cfg.model.policy)
 

@@ -167,7 +167,9 @@ def config_from_hf(hf: dict, *, dtype: str = "float32") -> gpt2.GPT2Config:
 
 def config_to_hf(cfg: gpt2.GPT2Config) -> dict:
     """``GPT2Config`` -> a complete transformers ``config.json`` for ``GPT2LMHeadModel``."""
-    eos = cfg.vocab_size - 1  # GPT-2's <|endoftext|> is the last id (50256)
+    # GPT-2's <|endoftext|> is 50256 in its own 50,257-token vocabulary; any other vocabulary's EOS is
+    # the tokenizer's to say (rajax.io.hf.save writes it), not its last id.
+    eos = 50256 if cfg.vocab_size == 50257 else None
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
