@@ -330,7 +330,9 @@ class Trainer:
             writer = tracking.MetricsWriter(self.out, start_iteration=self.start,
                                             tensorboard="tensorboard" in self.report_to,
                                             wandb="wandb" in self.report_to, config=config_lib.to_dict(cfg),
-                                            run_name=self.out.name)
+                                            run_name=self.out.name,
+                                            run_id=(self.run_dir.stored("wandb_id", tracking.new_run_id)
+                                                    if "wandb" in self.report_to else None))
             self.run_dir.record("metrics.jsonl", *(["tb"] * ("tensorboard" in self.report_to)),
                                 *(["wandb"] * ("wandb" in self.report_to)))
         stop = {"signal": None}

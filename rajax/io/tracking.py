@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import os
 import pathlib
+import secrets
 
 from rajax.core.errors import InvalidInput
 
@@ -17,11 +17,14 @@ class MetricsWriter:
 
     On resume the JSONL is truncated to the iterations before the resumed one, so the file always
     describes exactly one trajectory. W&B follows its own environment (``WANDB_MODE=offline``,
-    ``WANDB_PROJECT``, ...); the run's config is logged as the W&B run config.
+    ``WANDB_PROJECT``, ...); the run's config is logged as the W&B run config. ``run_id`` (from
+    ``new_run_id``, kept with the run) makes a resumed run continue its W&B run; without it W&B draws
+    a fresh id and nothing is resumed.
     """
 
     def __init__(self, out_dir: pathlib.Path, *, start_iteration: int = 0, tensorboard: bool = True,
-                 wandb: bool = False, config: dict | None = None, run_name: str | None = None):
+                 wandb: bool = False, config: dict | None = None, run_name: str | None = None,
+                 run_id: str | None = None):
         self.path = pathlib.Path(out_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = []
@@ -49,8 +52,8 @@ class MetricsWriter:
             except ImportError:
                 raise InvalidInput("--report-to wandb needs the wandb package: pip install 'rajax[wandb]'") from None
             self._wandb = wandb_lib.init(project=os.environ.get("WANDB_PROJECT", "rajax"), dir=str(out_dir),
-                                         name=run_name, config=config, resume="allow",
-                                         id=None if run_name is None else _wandb_id(run_name))
+                                         name=run_name, config=config, id=run_id,
+                                         resume=None if run_id is None else "allow")
 
     def write(self, iteration: int, scalars: dict[str, float]) -> None:
         rec = {"iteration": iteration, **{k: _num(v) for k, v in scalars.items()}}
@@ -72,9 +75,10 @@ class MetricsWriter:
             self._wandb.finish()
 
 
-def _wandb_id(name: str) -> str:
-    """A stable W&B run id per run directory, so a resumed run continues the same W&B run."""
-    return hashlib.sha1(name.encode()).hexdigest()[:16]
+def new_run_id() -> str:
+    """A fresh W&B run id, drawn once per run and stored with it (``RunDir.stored``). Not derived from
+    the directory's name: every user's default ``runs/synthetic-a0.2-s4`` would be one W&B run."""
+    return secrets.token_hex(8)
 
 
 def _num(v):

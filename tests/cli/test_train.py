@@ -178,3 +178,24 @@ def test_sigterm_finishes_the_iteration_checkpoints_and_exits(train_world, tmp_p
     assert 1 <= done < 34
     assert Checkpointer(out / "checkpoints").latest_step() == done  # the stopping iteration is saved
     assert f"{train_command()} --resume {out}" in output  # the hint names the command the user typed
+
+
+def test_wandb_ids_differ_for_same_named_runs_and_resume_keeps_its_id(train_world, tmp_path, monkeypatch):
+    """The W&B run id is drawn once per run and kept in the run's manifest: two runs both called
+    ``run`` get two ids, and ``--resume`` logs to the run's own."""
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+    def wandb_ids(out):
+        return sorted({p.name.rsplit("-", 1)[-1] for p in (out / "wandb").glob("offline-run-*")})
+
+    a, b = tmp_path / "a" / "run", tmp_path / "b" / "run"
+    for out in (a, b):
+        assert train.main(train_args(train_world, out, "--no-eval", "--report-to", "wandb", iterations=1)) == 0
+    assert len(wandb_ids(a)) == 1 and wandb_ids(a) != wandb_ids(b)
+    manifest = {out: json.loads((out / ".rajax-run.json").read_text()) for out in (a, b)}
+    assert wandb_ids(a) == [manifest[a]["wandb_id"]] and wandb_ids(b) == [manifest[b]["wandb_id"]]
+    assert train.main(["--resume", str(a), "--iterations", "2", "--no-eval", "--quiet"]) == 0
+    assert wandb_ids(a) == [manifest[a]["wandb_id"]]  # the resumed run logged to the same W&B run
+    assert json.loads((a / ".rajax-run.json").read_text())["wandb_id"] == manifest[a]["wandb_id"]
