@@ -96,6 +96,7 @@ class Trainer:
         self.log = log
         self.progress = progress
         self.report_to = tuple(report_to)
+        tracking.check_targets(self.report_to)  # before anything is loaded or a run directory made
         self.out = pathlib.Path(out_dir)
         self.lead = jax.process_index() == 0  # in a multi-host run only process 0 writes files
         n_dev = jax.device_count()  # all hosts' devices after jax.distributed.initialize

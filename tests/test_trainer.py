@@ -127,3 +127,14 @@ def test_tail_metrics_say_where_the_mask_puts_the_update():
     none = T.Trainer.tail_metrics(fake, ["good"] * 4, scores, keep)
     assert none["risk/tail_frac"] == 0.0 and "env/tail_reward_mean" not in none
     assert T.Trainer.tail_metrics(SimpleNamespace(reward=lambda p, r: 0.0), prompts, scores, keep) == {}
+
+
+def test_a_library_trainer_refuses_wandb_without_wandb_before_loading(train_world, tmp_path, monkeypatch):
+    """The check comes first in Trainer too: nothing is loaded and no run directory is made."""
+    monkeypatch.setitem(__import__("sys").modules, "wandb", None)
+    cfg = config_from_args(build_parser().parse_args(train_args(train_world, tmp_path / "run")))
+    called = []
+    monkeypatch.setattr(T.tasks, "prepare", lambda *a, **k: called.append(1))
+    with pytest.raises(ValueError, match=r"--report-to wandb needs the wandb package"):
+        T.Trainer(cfg, tmp_path / "run", report_to=("wandb",))
+    assert not called and not (tmp_path / "run").exists()

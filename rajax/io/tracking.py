@@ -47,11 +47,7 @@ class MetricsWriter:
             self._tb = SummaryWriter(str(pathlib.Path(out_dir) / "tb"), purge_step=start_iteration)
         self._wandb = None
         if wandb:
-            try:
-                import wandb as wandb_lib  # optional: pip install "rajax[wandb]"
-            except ImportError:
-                raise InvalidInput("--report-to wandb needs the wandb package: pip install 'rajax[wandb]'") from None
-            self._wandb = wandb_lib.init(project=os.environ.get("WANDB_PROJECT", "rajax"), dir=str(out_dir),
+            self._wandb = _import_wandb().init(project=os.environ.get("WANDB_PROJECT", "rajax"), dir=str(out_dir),
                                          name=run_name, config=config, id=run_id,
                                          resume=None if run_id is None else "allow")
 
@@ -73,6 +69,22 @@ class MetricsWriter:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def check_targets(report_to) -> None:
+    """Fail in one line, before a run loads or creates anything, when a ``--report-to`` target cannot
+    work (wandb not installed): found at the first iteration, it cost the loading and left a run
+    directory that then needed --overwrite. tensorboardX is a dependency, so only wandb is checked."""
+    if "wandb" in tuple(report_to):
+        _import_wandb()
+
+
+def _import_wandb():
+    try:
+        import wandb  # optional and slow to import (about 1 s): pip install "rajax[wandb]"
+    except ImportError:
+        raise InvalidInput("--report-to wandb needs the wandb package: pip install 'rajax[wandb]'") from None
+    return wandb
 
 
 def new_run_id() -> str:

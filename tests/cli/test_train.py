@@ -199,3 +199,16 @@ def test_wandb_ids_differ_for_same_named_runs_and_resume_keeps_its_id(train_worl
     assert train.main(["--resume", str(a), "--iterations", "2", "--no-eval", "--quiet"]) == 0
     assert wandb_ids(a) == [manifest[a]["wandb_id"]]  # the resumed run logged to the same W&B run
     assert json.loads((a / ".rajax-run.json").read_text())["wandb_id"] == manifest[a]["wandb_id"]
+
+
+def test_report_to_wandb_without_wandb_fails_before_anything_is_made(train_world, tmp_path, capsys, monkeypatch):
+    """wandb missing: one line at once, and no run directory left behind (it used to fail after loading
+    the models, leaving a directory that then needed --overwrite)."""
+    monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError
+    out = tmp_path / "run"
+    t = time.time()
+    assert train.main(train_args(train_world, out, "--report-to", "tensorboard,wandb")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "rajax: error: --report-to wandb needs the wandb package: pip install 'rajax[wandb]'"
+    assert not out.exists() and time.time() - t < 10
+    assert train.main(train_args(train_world, out, "--report-to", "wandb", "--print-config")) == 0  # prints only
