@@ -128,9 +128,12 @@ class Trainer:
         if m.lora_rank:
             if not hasattr(self.policy, "lora"):
                 raise InvalidInput(f"model.lora_rank={m.lora_rank}: --policy {m.policy} is a {self.policy.describe()}, "
-                                   "which has no LoRA support (Llama, Qwen2 and GPT-J have)")
-            self.policy = self.policy.replace(lora=lora.LoRA(m.lora_rank, m.lora_alpha, tuple(m.lora_targets),
-                                                             m.lora_dropout))
+                                   "which has no LoRA support (GPT-2, Llama, Qwen2 and GPT-J have)")
+            targets = tuple(m.lora_targets) or self.policy.default_lora_targets
+            self.policy = self.policy.replace(lora=lora.LoRA(m.lora_rank, m.lora_alpha, targets, m.lora_dropout))
+            # The saved config names the targets used, not "the family's default".
+            self.cfg = cfg = dataclasses.replace(cfg, model=dataclasses.replace(m, lora_targets=self.policy.lora.targets))
+            m = cfg.model
             params["lora"] = lora.init(self.policy, params, jax.random.fold_in(jax.random.key(cfg.train.seed), 1))
         if m.lora_rank and same_base:
             ref_cfg, ref_params = self.policy.replace(lora=None), None  # adapters off: no second copy

@@ -64,6 +64,16 @@ def _key_map(cfg: gpt2.GPT2Config) -> dict[str, tuple]:
     return m
 
 
+# GPT-2's projections are transformers' Conv1D (weight [in, out]); PEFT needs fan_in_fan_out to merge
+# an adapter into such a weight (its lora_A / lora_B keep the nn.Linear layout, rajax.io.peft).
+PEFT_FAN_IN_FAN_OUT = True
+
+
+def module_name(cfg: gpt2.GPT2Config, layer: int, target: str) -> str:
+    """transformers' module name of a LoRA site (PEFT keys are built from it)."""
+    return f"{_PREFIX}h.{layer}.{'.'.join(gpt2.LORA_SITES[target])}"
+
+
 def _expected_shapes(cfg: gpt2.GPT2Config) -> dict[tuple, tuple]:
     """Shape of every mapped parameter (the layout of ``gpt2.init``), keyed by params path."""
     e, v = cfg.n_embd, cfg.vocab_size
