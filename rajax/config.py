@@ -59,7 +59,10 @@ class ModelConfig:
     # train; the base weights are frozen and stored in `base_dtype`.
     lora_rank: int = 0  # LoRA rank r; 0 = no LoRA (every parameter trains)
     lora_alpha: float = 16.0  # LoRA scale numerator: adapters add (alpha / r) * x @ A @ B
-    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")  # projections that get adapters (Llama, Qwen2, GPT-J names)
+    # Projections that get adapters; empty = the family's PEFT default: q_proj, v_proj (Llama, Qwen2,
+    # GPT-J) or c_attn (GPT-2; its others are attn.c_proj, c_fc, mlp.c_proj). The run's config.yaml
+    # records the targets used.
+    lora_targets: tuple[str, ...] = ()
     lora_dropout: float = 0.0  # dropout on the adapter input, only when sampling with dropout
     base_dtype: str = "float32"  # storage of the frozen LoRA base weights: float32 | bfloat16
 
@@ -503,7 +506,6 @@ def validate(cfg: Config, num_devices: int = 1) -> Config:
     _check(m.lora_rank >= 0, f"model.lora_rank={m.lora_rank} must be >= 0 (0 = no LoRA)")
     if m.lora_rank:
         _check(m.lora_alpha > 0, f"model.lora_alpha={m.lora_alpha} must be > 0")
-        _check(bool(m.lora_targets), "model.lora_targets is empty; name the projections to adapt, e.g. [q_proj,v_proj]")
         _check(0.0 <= m.lora_dropout < 1.0, f"model.lora_dropout={m.lora_dropout} must be in [0, 1)")
     else:
         _check(m.base_dtype == "float32", "model.base_dtype applies to LoRA base weights only; set model.lora_rank")

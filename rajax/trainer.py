@@ -138,6 +138,7 @@ class Trainer:
         self.log = log
         self.progress = progress
         self.report_to = tuple(report_to)
+        tracking.check_targets(self.report_to)  # before anything is loaded or a run directory made
         self.out = pathlib.Path(out_dir)
         self.lead = jax.process_index() == 0  # in a multi-host run only process 0 writes files
         n_dev = jax.device_count()  # all hosts' devices after jax.distributed.initialize
@@ -169,9 +170,12 @@ class Trainer:
         if m.lora_rank:
             if not hasattr(self.policy, "lora"):
                 raise InvalidInput(f"model.lora_rank={m.lora_rank}: --policy {m.policy} is a {self.policy.describe()}, "
-                                   "which has no LoRA support (Llama, Qwen2 and GPT-J have)")
-            self.policy = self.policy.replace(lora=lora.LoRA(m.lora_rank, m.lora_alpha, tuple(m.lora_targets),
-                                                             m.lora_dropout))
+                                   "which has no LoRA support (GPT-2, Llama, Qwen2 and GPT-J have)")
+            targets = tuple(m.lora_targets) or self.policy.default_lora_targets
+            self.policy = self.policy.replace(lora=lora.LoRA(m.lora_rank, m.lora_alpha, targets, m.lora_dropout))
+            # The saved config names the targets used, not "the family's default".
+            self.cfg = cfg = dataclasses.replace(cfg, model=dataclasses.replace(m, lora_targets=self.policy.lora.targets))
+            m = cfg.model
             params["lora"] = lora.init(self.policy, params, jax.random.fold_in(jax.random.key(cfg.train.seed), 1))
         if m.lora_rank and same_base:
             ref_cfg, ref_params = self.policy.replace(lora=None), None  # adapters off: no second copy
@@ -378,7 +382,9 @@ class Trainer:
             writer = tracking.MetricsWriter(self.out, start_iteration=self.start,
                                             tensorboard="tensorboard" in self.report_to,
                                             wandb="wandb" in self.report_to, config=config_lib.to_dict(cfg),
-                                            run_name=self.out.name)
+                                            run_name=self.out.name,
+                                            run_id=(self.run_dir.stored("wandb_id", tracking.new_run_id)
+                                                    if "wandb" in self.report_to else None))
             self.run_dir.record("metrics.jsonl", *(["tb"] * ("tensorboard" in self.report_to)),
                                 *(["wandb"] * ("wandb" in self.report_to)))
         stop = {"signal": None}
@@ -468,7 +474,8 @@ class Trainer:
         cfg = self.policy.replace(dtype="float32")
 
         def build(d):
-            hf.save(d, cfg, params, tokenizer=self.tokenizer)  # a LoRA policy is written merged
+            # A LoRA policy is written merged; the special ids are the tokenizer's, then the source's.
+            hf.save(d, cfg, params, tokenizer=self.tokenizer, source=self.cfg.model.policy)
             if getattr(cfg, "lora", None) is not None:  # and its adapters alone, as PEFT loads them
                 peft.save_adapter(pathlib.Path(d) / "adapter", cfg, params, base_model=self.cfg.model.policy)
 

@@ -1,4 +1,4 @@
-"""A LoRA RA-RLHF run of a tiny Llama policy on the synthetic world (docs/models.md, "LoRA"), across the
+"""A LoRA RA-RLHF run of a tiny Llama policy, and one of the world's own GPT-2, on the synthetic world (docs/models.md, "LoRA"), across the
 trainer, the core and the exporters: only the adapters and the value head train; the reference pass is
 the base with adapters off and holds no second copy of the weights (shown by the compiled program's
 memory analysis); the PEFT adapter, loaded by ``peft`` on the transformers model, gives our logits."""
@@ -125,7 +125,7 @@ def test_bfloat16_base_and_refusals(synthetic_assets, llama_policy, train_world,
     assert {x.dtype.name for x in jax.tree.leaves(t.state.params)} == {"float32"}
     assert ppo.with_frozen(t.state.params, t.frozen)["lora"] is t.state.params["lora"]
     t.close()
-    with pytest.raises(ValueError, match="has no LoRA support"):
+    with pytest.raises(ValueError, match=r"LoRA targets \['q_proj', 'v_proj'\] are not projections of GPT-2"):
         T.Trainer(_cfg(a, train_world / "policy", **{"model.tokenizer": str(train_world / "policy")}),
                   tmp_path / "gpt2", progress=False, log=lambda *_: None)
     with pytest.raises(ValueError, match="model.base_dtype applies to LoRA base weights only"):
@@ -155,3 +155,41 @@ def test_a_lora_checkpoint_exports_over_its_base(run, tmp_path):
     cfg2, params2 = hf.load(tmp_path / "merged")
     assert cfg2.lora is None
     np.testing.assert_allclose(np.asarray(jax.jit(cfg2.logits)(params2, ids, mask)), want, atol=1e-4)
+
+
+def test_gpt2_lora_run_on_the_offline_task(synthetic_assets, tmp_path):
+    """GPT-2, the paper's model, with ``model.lora_rank=4`` and no targets named (GPT-2's PEFT default,
+    c_attn) on the offline task's own policy: only the adapters and the value head train, and the
+    PEFT adapter on transformers' GPT2LMHeadModel and the merged export give our logits."""
+    a, _ = synthetic_assets
+    cfg = _cfg(a, a.policy, **{"model.lora_targets": "[]", "model.tokenizer": None})
+    assert cfg.model.lora_targets == ()
+    t = T.Trainer(cfg, tmp_path / "run", progress=False, log=lambda *_: None)
+    try:
+        base = {k: np.asarray(v) for k, v in jax.tree_util.tree_flatten_with_path(t.frozen)[0]}
+        summary = t.run()
+        assert summary["finished"] and np.isfinite(summary["last"]["objective/kl"])
+        assert t.policy.lora == lora.LoRA(rank=4, alpha=8.0, targets=("c_attn",))
+        assert t.cfg.model.lora_targets == ("c_attn",)  # the config the run saves names what was used
+        assert sorted(t.state.params) == ["lora", "v_head"] and t.ref_params is None
+        after = {k: np.asarray(v) for k, v in jax.tree_util.tree_flatten_with_path(t.frozen)[0]}
+        assert all(np.array_equal(after[k], base[k]) for k in base)
+        model_dir = t.export()
+        params = t.host_params()
+    finally:
+        t.close()
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, t.policy.vocab_size, (3, 12))
+    mask = (np.arange(12)[None] >= np.array([0, 4, 9])[:, None]).astype(np.int64)
+    ours = np.asarray(jax.jit(t.policy.logits)(params, ids, mask))
+    real = mask.astype(bool)
+    hf_base = transformers.AutoModelForCausalLM.from_pretrained(str(a.policy), attn_implementation="eager").eval()
+    with_adapter = peft.PeftModel.from_pretrained(hf_base, str(model_dir / "adapter")).eval()
+    err_peft = np.abs(torch_logits(with_adapter, ids, mask) - ours)[real].max()
+    merged = transformers.AutoModelForCausalLM.from_pretrained(str(model_dir), attn_implementation="eager").eval()
+    err_merged = np.abs(torch_logits(merged, ids, mask) - ours)[real].max()
+    off = np.asarray(jax.jit(t.reference.logits)(params, ids, mask))
+    print(f"GPT-2 LoRA run: PEFT {err_peft:.2e}, merged {err_merged:.2e}, adapters move logits by "
+          f"{np.abs(off - ours)[real].max():.2e}")
+    assert err_peft <= 1e-4 and err_merged <= 1e-4, (err_peft, err_merged)
+    assert np.abs(off - ours)[real].max() > 1e-4  # the trained adapters change the logits

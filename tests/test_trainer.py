@@ -192,3 +192,14 @@ def test_a_reward_passed_to_the_trainer_scores_the_rollouts(train_world, tmp_pat
     _, (prompts, responses, scores) = t.iteration(0)
     np.testing.assert_array_equal(scores, [len(p + r) for p, r in zip(prompts, responses)])
     t.close()
+
+
+def test_a_library_trainer_refuses_wandb_without_wandb_before_loading(train_world, tmp_path, monkeypatch):
+    """The check comes first in Trainer too: nothing is loaded and no run directory is made."""
+    monkeypatch.setitem(__import__("sys").modules, "wandb", None)
+    cfg = config_from_args(build_parser().parse_args(train_args(train_world, tmp_path / "run")))
+    called = []
+    monkeypatch.setattr(T.tasks, "prepare", lambda *a, **k: called.append(1))
+    with pytest.raises(ValueError, match=r"--report-to wandb needs the wandb package"):
+        T.Trainer(cfg, tmp_path / "run", report_to=("wandb",))
+    assert not called and not (tmp_path / "run").exists()

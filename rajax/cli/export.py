@@ -39,7 +39,8 @@ def _main(args) -> int:
     run = RunDir.create(args.out, cfg_text=str(step), seed=0, overwrite=args.overwrite, entries=(), kind="export",
                         flag="OUT")
     try:
-        run.publish(lambda d: hf.save(d, cfg, params, tokenizer=tok))
+        source = (export.run_config(step).get("model") or {}).get("policy")  # ids the tokenizer lacks
+        run.publish(lambda d: hf.save(d, cfg, params, tokenizer=tok, source=source))
     finally:
         run.close()
     print(f"exported {step} ({cfg.describe()}) to {args.out}")

@@ -96,7 +96,7 @@ def run_sft(
                           progress=progress, log_fn=log_fn, label_mask=labels)
         if not bool(parallel.all_finite(params)):
             raise NonFinite("the SFT parameters are non-finite; nothing was saved; lower the learning rate")
-        run.publish(lambda d: hf.save(d, mcfg, params, tokenizer=tokenizer, value_head="initial"))
+        run.publish(lambda d: hf.save(d, mcfg, params, tokenizer=tokenizer, value_head="initial", source=policy))
     finally:
         run.close()
     print(f"sft: saved {out} ({time.time() - t0:.0f} s)", file=sys.stderr)

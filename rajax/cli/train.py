@@ -125,6 +125,7 @@ def _main(args) -> int:
         cfg = _resume_config(args, pathlib.Path(args.resume), lambda *_: None) if args.resume else config_from_args(args)
         print(config_lib.dump_yaml(cfg), end="")
         return 0
+    tracking.check_targets(report_to)  # before the run directory is made and anything is loaded
     if args.resume:
         out = pathlib.Path(args.resume)
         run = RunDir.open(out) if lead else None  # first: the lock stops a second process before anything

@@ -114,7 +114,7 @@ def evaluate(cfg, policies: Mapping[str, Any], out_dir: str, *, reward=None, tok
     ``model.policy`` value means the task's starting policy.
     ``ref`` names the policy that is the KL reference of R̄ (default: the first one, e.g. the SFT /
     starting policy): R̄ = reward − β·Σ_t (log π − log π_ref) with β = ``kl.init_coef`` (0.2, §4.1).
-    Writes ``generations.csv``, ``metrics.json``, ``metrics.md``, ``hist.png``, ``quantile.png``,
+    Writes ``generations.csv``, ``metrics.json``, ``metrics.md``, ``hist.png``, ``quantile.png`` (each figure also as PDF),
     ``quantile_returns.png`` and ``report.md`` into ``out_dir`` and returns the metrics dict. With
     ``check_finite`` a non-finite metric then raises ``NonFinite`` (the files stay for inspection).
     """

@@ -69,8 +69,8 @@ def _with_base(step_dir: pathlib.Path, meta: dict, params: dict, what: str):
     if not m.get("policy") or not m.get("lora_rank"):
         raise InvalidInput(f"{what} {step_dir}: a LoRA checkpoint whose run config names no base model")
     base_cfg, base = hf.load(m["policy"], what=f"{what} {step_dir} (its base model.policy)")
-    spec = lora.LoRA(int(m["lora_rank"]), float(m["lora_alpha"]), tuple(m.get("lora_targets") or ("q_proj", "v_proj")),
-                     float(m.get("lora_dropout") or 0.0))
+    spec = lora.LoRA(int(m["lora_rank"]), float(m["lora_alpha"]),
+                     tuple(m.get("lora_targets") or ()) or base_cfg.default_lora_targets, float(m.get("lora_dropout") or 0.0))
     return base_cfg.replace(lora=spec), with_frozen(params, base)
 
 

@@ -189,6 +189,45 @@ def load(name_or_path, *, value_head_seed: int = 0, dtype: str = "float32", what
     return cfg, params
 
 
+TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def special_token_ids(tokenizer=None, source=None) -> dict:
+    """The BOS / EOS / pad ids an exported ``config.json`` and ``generation_config.json`` name.
+
+    Each comes from the tokenizer the policy was trained with (its EOS is where rajax's sampler
+    stopped, so ``generate()`` must stop there too), else from the source checkpoint's
+    ``config.json`` (``source``: a directory or hub id, e.g. ``model.policy``), else it is None.
+    A None is written out as null, not left out: transformers would otherwise fill in its class
+    defaults (Llama's bos 1 / eos 2), ids that mean nothing to this tokenizer.
+    """
+    ids = dict.fromkeys(TOKEN_ID_KEYS)
+    known = tokenizer is not None and all(getattr(tokenizer, k, None) is not None for k in TOKEN_ID_KEYS)
+    if source is not None and not known:  # read only when needed: a hub id may mean a network call
+        try:
+            raw = hub.read_config(hub.resolve(source))
+        except (OSError, ValueError):  # the source may be gone by export time; the tokenizer still decides
+            raw = {}
+        for k in TOKEN_ID_KEYS:
+            v = raw.get(k)
+            if isinstance(v, list):  # e.g. Llama 3's eos [128001, 128008, 128009]: kept as the source has it
+                ids[k] = [int(x) for x in v] or None
+            elif v is not None:
+                ids[k] = int(v)
+    if tokenizer is not None:
+        for k in TOKEN_ID_KEYS:
+            v = getattr(tokenizer, k, None)
+            if v is not None:
+                ids[k] = int(v)
+    return ids
+
+
+def generation_config(ids: dict) -> dict:
+    """``generation_config.json`` with the same ids as ``config.json``: transformers' ``generate()``
+    reads its stopping id from here when the file exists, so both must say the same."""
+    return {k: ids[k] for k in TOKEN_ID_KEYS}
+
+
 def _dir_mode() -> int:
     """0777 minus the process umask: what ``mkdir`` would have given."""
     mask = os.umask(0)
@@ -196,7 +235,7 @@ def _dir_mode() -> int:
     return 0o777 & ~mask
 
 
-def save(path, cfg, params, tokenizer=None, *, value_head: str = "trained") -> pathlib.Path:
+def save(path, cfg, params, tokenizer=None, *, value_head: str = "trained", source=None) -> pathlib.Path:
     """Write a directory that transformers and TRL load (+ ``value_head.safetensors``, + tokenizer).
 
     ``config.json``, ``model.safetensors`` (float32, with the value head under TRL's
@@ -205,7 +244,9 @@ def save(path, cfg, params, tokenizer=None, *, value_head: str = "trained") -> p
     alone: ``rajax.io.peft.save_adapter``). Written to a temporary sibling directory and renamed into
     place, so a crash never leaves a half-written checkpoint at ``path``. ``value_head`` records
     whether the head was trained (``"trained"``, after PPO) or only drawn (``"initial"``, e.g. SFT),
-    which decides ``model.value_head=auto`` when a run starts from this directory.
+    which decides ``model.value_head=auto`` when a run starts from this directory. ``source`` (the
+    checkpoint the policy started from) supplies the BOS / EOS / pad ids the tokenizer does not
+    define (``special_token_ids``); they go into ``config.json`` and ``generation_config.json``.
     """
     from safetensors.numpy import save_file
 
@@ -218,7 +259,12 @@ def save(path, cfg, params, tokenizer=None, *, value_head: str = "trained") -> p
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     os.chmod(tmp, _dir_mode())  # mkdtemp makes it 0700; an exported model is meant to be shared
     try:
-        (tmp / "config.json").write_text(json.dumps(conv.config_to_hf(cfg), indent=2) + "\n")
+        raw = conv.config_to_hf(cfg)
+        ids = special_token_ids(tokenizer, source)
+        if tokenizer is None and source is None:  # nothing to go by: the family's own default ids
+            ids = {k: raw.get(k) for k in TOKEN_ID_KEYS}
+        (tmp / "config.json").write_text(json.dumps({**raw, **ids}, indent=2) + "\n")
+        (tmp / "generation_config.json").write_text(json.dumps(generation_config(ids), indent=2) + "\n")
         # transformers refuses safetensors files without format metadata.
         # The value head also inside model.safetensors under TRL's keys: TRL's
         # AutoModelForCausalLMWithValueHead reads it from there (transformers ignores the two keys).

@@ -64,6 +64,16 @@ def _key_map(cfg: gpt2.GPT2Config) -> dict[str, tuple]:
     return m
 
 
+# GPT-2's projections are transformers' Conv1D (weight [in, out]); PEFT needs fan_in_fan_out to merge
+# an adapter into such a weight (its lora_A / lora_B keep the nn.Linear layout, rajax.io.peft).
+PEFT_FAN_IN_FAN_OUT = True
+
+
+def module_name(cfg: gpt2.GPT2Config, layer: int, target: str) -> str:
+    """transformers' module name of a LoRA site (PEFT keys are built from it)."""
+    return f"{_PREFIX}h.{layer}.{'.'.join(gpt2.LORA_SITES[target])}"
+
+
 def _expected_shapes(cfg: gpt2.GPT2Config) -> dict[tuple, tuple]:
     """Shape of every mapped parameter (the layout of ``gpt2.init``), keyed by params path."""
     e, v = cfg.n_embd, cfg.vocab_size
@@ -167,7 +177,9 @@ def config_from_hf(hf: dict, *, dtype: str = "float32") -> gpt2.GPT2Config:
 
 def config_to_hf(cfg: gpt2.GPT2Config) -> dict:
     """``GPT2Config`` -> a complete transformers ``config.json`` for ``GPT2LMHeadModel``."""
-    eos = cfg.vocab_size - 1  # GPT-2's <|endoftext|> is the last id (50256)
+    # GPT-2's <|endoftext|> is 50256 in its own 50,257-token vocabulary; any other vocabulary's EOS is
+    # the tokenizer's to say (rajax.io.hf.save writes it), not its last id.
+    eos = 50256 if cfg.vocab_size == 50257 else None
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",

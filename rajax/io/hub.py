@@ -48,10 +48,23 @@ def resolve(name_or_path, *, what: str | None = None) -> pathlib.Path:
     from huggingface_hub import errors as hfe
     from huggingface_hub import snapshot_download  # imported here: it is slow to import and often unused
 
+    # Asked first, within seconds: an unreachable hub otherwise costs huggingface_hub's retries (about
+    # a minute) before the same error. It also honours HF_HUB_OFFLINE set after huggingface_hub was
+    # imported (its own flag is read once, at import).
+    from huggingface_hub.utils import validate_repo_id
+
     try:
-        d = pathlib.Path(snapshot_download(name, allow_patterns=_SNAPSHOT))
+        validate_repo_id(name)
+    except hfe.HFValidationError:
+        raise InvalidInput(error(what, name, "not a local directory nor a valid Hugging Face hub id")) from None
+    local_only = not reachable()
+    if local_only and not in_cache(name):
+        raise InvalidInput(error(what, name, "not a local directory and the Hugging Face hub is unreachable "
+                                           "(offline); pass a local checkpoint directory"))
+    try:
+        d = pathlib.Path(snapshot_download(name, allow_patterns=_SNAPSHOT, local_files_only=local_only))
         if not any(f.suffix == ".safetensors" for f in d.iterdir()):
-            d = pathlib.Path(snapshot_download(name, allow_patterns=_SNAPSHOT_BIN))
+            d = pathlib.Path(snapshot_download(name, allow_patterns=_SNAPSHOT_BIN, local_files_only=local_only))
         return d
     except hfe.HFValidationError:
         raise InvalidInput(error(what, name, "not a local directory nor a valid Hugging Face hub id")) from None
@@ -126,12 +139,12 @@ def read_state_dict(d: pathlib.Path, *, what: str | None = None, name=None) -> d
 _DATA_EXTS = (".csv", ".tsv", ".json", ".jsonl", ".parquet", ".arrow")
 
 
-def in_cache(repo_id: str) -> bool:
-    """True when the hub model ``repo_id`` is in the local hub cache (usable offline)."""
+def in_cache(repo_id: str, filename: str = "config.json") -> bool:
+    """True when the hub repo ``repo_id``'s ``filename`` is in the local hub cache (usable offline)."""
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+        return isinstance(try_to_load_from_cache(repo_id, filename), str)
     except Exception:  # malformed ids are not cached ids
         return False
 

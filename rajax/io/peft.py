@@ -46,7 +46,7 @@ def adapter_config(cfg, base_model: str | None = None) -> dict:
         "lora_dropout": spec.dropout,
         "target_modules": sorted(spec.targets),
         "bias": "none",
-        "fan_in_fan_out": False,
+        "fan_in_fan_out": bool(getattr(hf._converter_for_config(cfg), "PEFT_FAN_IN_FAN_OUT", False)),
         "use_rslora": False,
         "use_dora": False,
         "init_lora_weights": True,

@@ -152,6 +152,15 @@ class RunDir:
         tmp.write_text(json.dumps(self.manifest, indent=1) + "\n")
         os.replace(tmp, self.path / MANIFEST)
 
+    def stored(self, key: str, make) -> str:
+        """The run's value ``key`` from the manifest, made by ``make()`` and stored the first time (e.g.
+        the W&B run id): a resumed run reads back what it started with, a new run (or --overwrite)
+        makes its own."""
+        if key not in self.manifest:
+            self.manifest[key] = make()
+            self._write_manifest()
+        return self.manifest[key]
+
     def rel(self, p) -> str:
         p = pathlib.Path(p)
         return str(p.relative_to(self.path) if p.is_absolute() or str(p).startswith(str(self.path)) else p)

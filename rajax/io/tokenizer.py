@@ -14,6 +14,9 @@ import os
 import pathlib
 
 from rajax.core.errors import InvalidInput, MissingInput, one_line
+from rajax.io import hub
+
+_TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.json")  # any one: the repo is cached
 
 
 def _err(what: str | None, name, reason: str) -> str:
@@ -40,16 +43,24 @@ def load_tokenizer(name_or_path, *, padding_side: str = "left", what: str | None
     if p.is_dir() and not ((p / "tokenizer.json").is_file() or (p / "vocab.json").is_file()):
         raise InvalidInput(_err(what, name, "the directory has neither tokenizer.json nor vocab.json"))
 
+    offline_msg = ("not a local directory and the Hugging Face hub is unreachable (offline); pass a local "
+                   "tokenizer directory")
+    # A hub id: whether the hub answers is asked first, within seconds (hub.reachable, which also
+    # honours HF_HUB_OFFLINE set at any time); unreachable, only the cache is read. transformers would
+    # otherwise retry for about a minute before failing with the same message.
+    local_only = not p.is_dir() and not hub.reachable()
+    if local_only and not any(hub.in_cache(name, f) for f in _TOKENIZER_FILES):
+        raise InvalidInput(_err(what, name, offline_msg))
+
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(str(p) if p.is_dir() else name)
+        tok = AutoTokenizer.from_pretrained(str(p) if p.is_dir() else name, local_files_only=local_only)
     except Exception as e:  # noqa: BLE001 - transformers/tokenizers raise many types for a bad directory
         if p.is_dir():
             raise InvalidInput(_err(what, name, f"{type(e).__name__}: {one_line(e)[:160]}")) from None
-        offline = os.environ.get("HF_HUB_OFFLINE") or "offline" in repr(e).lower() or "connect" in repr(e).lower()
-        reason = ("not a local directory and the Hugging Face hub is unreachable (offline); pass a local "
-                  "tokenizer directory") if offline else "no such local directory or Hugging Face hub tokenizer"
+        offline = local_only or "offline" in repr(e).lower() or "connect" in repr(e).lower()
+        reason = offline_msg if offline else "no such local directory or Hugging Face hub tokenizer"
         raise InvalidInput(_err(what, name, reason)) from None
     if not getattr(tok, "is_fast", False):
         raise InvalidInput(_err(what, name, "no fast (tokenizers) tokenizer could be built"))

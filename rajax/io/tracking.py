@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import os
 import pathlib
+import secrets
 
 from rajax.core.errors import InvalidInput
 
@@ -17,11 +17,14 @@ class MetricsWriter:
 
     On resume the JSONL is truncated to the iterations before the resumed one, so the file always
     describes exactly one trajectory. W&B follows its own environment (``WANDB_MODE=offline``,
-    ``WANDB_PROJECT``, ...); the run's config is logged as the W&B run config.
+    ``WANDB_PROJECT``, ...); the run's config is logged as the W&B run config. ``run_id`` (from
+    ``new_run_id``, kept with the run) makes a resumed run continue its W&B run; without it W&B draws
+    a fresh id and nothing is resumed.
     """
 
     def __init__(self, out_dir: pathlib.Path, *, start_iteration: int = 0, tensorboard: bool = True,
-                 wandb: bool = False, config: dict | None = None, run_name: str | None = None):
+                 wandb: bool = False, config: dict | None = None, run_name: str | None = None,
+                 run_id: str | None = None):
         self.path = pathlib.Path(out_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = []
@@ -44,13 +47,9 @@ class MetricsWriter:
             self._tb = SummaryWriter(str(pathlib.Path(out_dir) / "tb"), purge_step=start_iteration)
         self._wandb = None
         if wandb:
-            try:
-                import wandb as wandb_lib  # optional: pip install "rajax[wandb]"
-            except ImportError:
-                raise InvalidInput("--report-to wandb needs the wandb package: pip install 'rajax[wandb]'") from None
-            self._wandb = wandb_lib.init(project=os.environ.get("WANDB_PROJECT", "rajax"), dir=str(out_dir),
-                                         name=run_name, config=config, resume="allow",
-                                         id=None if run_name is None else _wandb_id(run_name))
+            self._wandb = _import_wandb().init(project=os.environ.get("WANDB_PROJECT", "rajax"), dir=str(out_dir),
+                                         name=run_name, config=config, id=run_id,
+                                         resume=None if run_id is None else "allow")
 
     def write(self, iteration: int, scalars: dict[str, float]) -> None:
         rec = {"iteration": iteration, **{k: _num(v) for k, v in scalars.items()}}
@@ -72,9 +71,26 @@ class MetricsWriter:
             self._wandb.finish()
 
 
-def _wandb_id(name: str) -> str:
-    """A stable W&B run id per run directory, so a resumed run continues the same W&B run."""
-    return hashlib.sha1(name.encode()).hexdigest()[:16]
+def check_targets(report_to) -> None:
+    """Fail in one line, before a run loads or creates anything, when a ``--report-to`` target cannot
+    work (wandb not installed): found at the first iteration, it cost the loading and left a run
+    directory that then needed --overwrite. tensorboardX is a dependency, so only wandb is checked."""
+    if "wandb" in tuple(report_to):
+        _import_wandb()
+
+
+def _import_wandb():
+    try:
+        import wandb  # optional and slow to import (about 1 s): pip install "rajax[wandb]"
+    except ImportError:
+        raise InvalidInput("--report-to wandb needs the wandb package: pip install 'rajax[wandb]'") from None
+    return wandb
+
+
+def new_run_id() -> str:
+    """A fresh W&B run id, drawn once per run and stored with it (``RunDir.stored``). Not derived from
+    the directory's name: every user's default ``runs/synthetic-a0.2-s4`` would be one W&B run."""
+    return secrets.token_hex(8)
 
 
 def _num(v):

@@ -63,6 +63,12 @@ class CausalLM:
         supports (``rajax.models.lora``); a family without LoRA support raises."""
         raise InvalidInput(f"{self.describe()} does not support LoRA adapters")
 
+    @property
+    def default_lora_targets(self) -> tuple[str, ...]:
+        """The targets of ``model.lora_targets`` left empty: PEFT's default for the family (q_proj and
+        v_proj for Llama, Qwen2 and GPT-J; GPT-2 overrides it)."""
+        return ("q_proj", "v_proj")
+
     # --- derived -------------------------------------------------------------------------------
     def logits(self, params, input_ids, attention_mask=None) -> jax.Array:
         """[B, T, V] float32 logits of every position."""

@@ -5,7 +5,9 @@ The parameters are a plain nested dict (``nnx.to_pure_dict`` of the module state
 'v_head': {'kernel', 'bias'}}`` with every block
 ``{'ln_1', 'attn': {'c_attn', 'c_proj'}, 'ln_2', 'mlp': {'c_fc', 'c_proj'}}`` and dense layers as
 ``{'kernel' (in, out), 'bias'}``, the same layout as transformers' Conv1D, so HF weights map without
-transposes (see ``rajax.io.hf_gpt2``).
+transposes (see ``rajax.io.hf_gpt2``). A LoRA policy (``cfg.lora``) adds ``'lora': {layer: {target:
+{'a', 'b'}}}`` on the four projections, named as PEFT's ``target_modules`` match them: ``c_attn``
+(the fused q/k/v), ``attn.c_proj``, ``c_fc`` and ``mlp.c_proj`` (``rajax.models.lora``).
 
 Entry points:
   * ``init(config, key)`` -> params
@@ -27,8 +29,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rajax.core.errors import InvalidInput
+from rajax.models import lora as lora_lib
 from rajax.models.base import CausalLM, Output
 from rajax.models.layers import Dense, Embed, LayerNorm, residual_grad_barrier
+from rajax.models.lora import LoRA
 
 Params = dict[str, Any]
 
@@ -54,6 +58,7 @@ class GPT2Config(CausalLM):
     dtype: str = "float32"
     # Rematerialise each block in the backward pass (trades compute for activation memory).
     remat: bool = False
+    lora: LoRA | None = None  # adapters on LORA_SITES (rajax.models.lora); None: a plain GPT-2
 
     @property
     def head_dim(self) -> int:
@@ -84,7 +89,15 @@ class GPT2Config(CausalLM):
         return init_cache(self, batch, length)
 
     def describe(self) -> str:
-        return f"GPT-2 {self.n_layer}x{self.n_embd}"
+        lora = f" + LoRA r{self.lora.rank}" if self.lora else ""
+        return f"GPT-2 {self.n_layer}x{self.n_embd}{lora}"
+
+    def lora_sites(self) -> dict:
+        return {(i, t): ("h", i, *path, "kernel") for i in range(self.n_layer) for t, path in LORA_SITES.items()}
+
+    @property
+    def default_lora_targets(self) -> tuple[str, ...]:
+        return ("c_attn",)  # PEFT's default for GPT-2: the fused q/k/v projection
 
     @classmethod
     def from_name(cls, name: str, **kw) -> "GPT2Config":
@@ -99,6 +112,23 @@ class GPT2Config(CausalLM):
             raise InvalidInput(f"unknown GPT-2 size {name!r}; choose one of {sorted(sizes)}")
         e, l, h = sizes[name]
         return cls(n_embd=e, n_layer=l, n_head=h, **kw)
+
+
+# LoRA target -> module path in a block. The attention's and the MLP's output projections are both
+# ``c_proj`` in transformers; PEFT matches a target as a suffix of the module name, so ``attn.c_proj``
+# and ``mlp.c_proj`` name one each (plain ``c_proj`` in PEFT would adapt both).
+LORA_SITES = {"c_attn": ("attn", "c_attn"), "attn.c_proj": ("attn", "c_proj"), "c_fc": ("mlp", "c_fc"),
+              "mlp.c_proj": ("mlp", "c_proj")}
+
+
+def _adapted(dense, x, ad, target, spec, key):
+    """``dense(x)`` plus the LoRA term when ``ad`` holds an adapter for ``target``. The adapter's dropout
+    key is folded from the branch's key, so the split of the plain model's keys stays as it was."""
+    y = dense(x)
+    if ad and target in ad:
+        k = None if key is None or not spec.dropout else jax.random.fold_in(key, list(LORA_SITES).index(target))
+        y = y + lora_lib.delta(x, ad[target], spec, k)
+    return y
 
 
 def _dropout(x, rate, key):
@@ -120,11 +150,12 @@ class Attention(nnx.Module):
         self.c_proj = Dense(e, e, std=0.02 / (2 * cfg.n_layer) ** 0.5, rngs=rngs)
         self.n_head = cfg.n_head
         self.rate = cfg.dropout
+        self.spec = cfg.lora
 
-    def __call__(self, x, key_mask_BxTxS, kv, write_index, dropout_key, layer=0):
+    def __call__(self, x, key_mask_BxTxS, kv, write_index, dropout_key, layer=0, ad=None):
         b, t, e = x.shape
         h, d = self.n_head, e // self.n_head
-        q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)
+        q, k, v = jnp.split(_adapted(self.c_attn, x, ad, "c_attn", self.spec, dropout_key), 3, axis=-1)
         q, k, v = (a.reshape(b, t, h, d) for a in (q, k, v))
         k1, k2 = _split(dropout_key, 2)
         kv_layout = "bshd" if kv is None else "bhsd"  # the cache keeps heads before slots (below)
@@ -145,7 +176,7 @@ class Attention(nnx.Module):
         probs = jax.nn.softmax(scores, axis=-1)
         probs = _dropout(probs, self.rate, k1).astype(x.dtype)
         y = jnp.einsum(f"bhts,{kv_layout}->bthd", probs, v).reshape(b, t, e)
-        return _dropout(self.c_proj(y), self.rate, k2), kv
+        return _dropout(_adapted(self.c_proj, y, ad, "attn.c_proj", self.spec, dropout_key), self.rate, k2), kv
 
 
 class MLP(nnx.Module):
@@ -154,10 +185,12 @@ class MLP(nnx.Module):
         self.c_fc = Dense(e, 4 * e, rngs=rngs)
         self.c_proj = Dense(4 * e, e, std=0.02 / (2 * cfg.n_layer) ** 0.5, rngs=rngs)
         self.rate = cfg.dropout
+        self.spec = cfg.lora
 
-    def __call__(self, x, dropout_key):
+    def __call__(self, x, dropout_key, ad=None):
         # gelu_new = tanh approximation (jax's default).
-        return _dropout(self.c_proj(jax.nn.gelu(self.c_fc(x), approximate=True)), self.rate, dropout_key)
+        hid = jax.nn.gelu(_adapted(self.c_fc, x, ad, "c_fc", self.spec, dropout_key), approximate=True)
+        return _dropout(_adapted(self.c_proj, hid, ad, "mlp.c_proj", self.spec, dropout_key), self.rate, dropout_key)
 
 
 class Block(nnx.Module):
@@ -167,11 +200,11 @@ class Block(nnx.Module):
         self.ln_2 = LayerNorm(cfg.n_embd, cfg.layer_norm_epsilon)
         self.mlp = MLP(cfg, rngs=rngs)
 
-    def __call__(self, x, key_mask, kv, write_index, dropout_key, layer=0):
+    def __call__(self, x, key_mask, kv, write_index, dropout_key, layer=0, ad=None):
         k1, k2 = _split(dropout_key, 2)
-        a, kv = self.attn(self.ln_1(x), key_mask, kv, write_index, k1, layer)
+        a, kv = self.attn(self.ln_1(x), key_mask, kv, write_index, k1, layer, ad)
         x = x + a
-        x = x + self.mlp(self.ln_2(x), k2)
+        x = x + self.mlp(self.ln_2(x), k2, ad)
         return x, kv
 
 
@@ -191,7 +224,7 @@ class GPT2(nnx.Module):
             jax.random.uniform(rngs.params(), (cfg.n_embd, 1), jnp.float32, -bound, bound))
         self.v_head.bias = nnx.Param(jax.random.uniform(rngs.params(), (1,), jnp.float32, -bound, bound))
 
-    def __call__(self, input_ids, positions, key_mask, cache, write_index, dropout_key):
+    def __call__(self, input_ids, positions, key_mask, cache, write_index, dropout_key, adapters=None):
         cfg = self.cfg
         dt = cfg.compute_dtype
         keys = _split(dropout_key, cfg.n_layer + 1)
@@ -200,11 +233,12 @@ class GPT2(nnx.Module):
         kv = None if cache is None else (cache["k"], cache["v"])
         for i, block in enumerate(self.h):
             x = residual_grad_barrier(x)
+            ad = None if adapters is None else adapters.get(i)
             if cfg.remat:
                 fn = nnx.remat(lambda blk, *a: blk(*a))
-                x, kv = fn(block, x, key_mask, kv, write_index, keys[i + 1], i)
+                x, kv = fn(block, x, key_mask, kv, write_index, keys[i + 1], i, ad)
             else:
-                x, kv = block(x, key_mask, kv, write_index, keys[i + 1], i)
+                x, kv = block(x, key_mask, kv, write_index, keys[i + 1], i, ad)
         hidden = self.ln_f(x)
         logits = _tied_logits(hidden, self.wte.embedding[...])
         # Value head in float32 (TRL upcasts it); its dropout is irrelevant since passes are eval-mode.
@@ -230,8 +264,15 @@ def _graphdef(cfg: GPT2Config):
     return nnx.split(abstract)[0]
 
 
+def _model(cfg: GPT2Config, params: Params):
+    """The module over ``params``' base weights and the adapters it reads: ``params["lora"]`` when
+    ``cfg.lora`` is set, none otherwise (the same tree read with adapters off: a LoRA policy's reference)."""
+    model = nnx.merge(_graphdef(cfg), {k: v for k, v in params.items() if k != "lora"})
+    return model, (params.get("lora") if cfg.lora is not None else None)
+
+
 def init(cfg: GPT2Config, key: jax.Array) -> Params:
-    """Random GPT-2 parameters (GPT-2's init) as a plain nested dict."""
+    """Random GPT-2 parameters (GPT-2's init) as a plain nested dict (without adapters: ``lora.init``)."""
     model = GPT2(cfg, rngs=nnx.Rngs(params=key))
     return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
@@ -278,14 +319,14 @@ def apply(
     if attention_mask is None:
         attention_mask = jnp.ones((b, t), jnp.int32)
     attention_mask = attention_mask.astype(jnp.int32)
-    model = nnx.merge(_graphdef(cfg), params)
+    model, adapters = _model(cfg, params)
     if cache is None:
         positions = positions_from_mask(attention_mask)
         causal = jnp.tril(jnp.ones((t, t), bool))
         key_mask = causal[None] & (attention_mask[:, None, :] > 0)
         # A fully padded query row would softmax over nothing; let it see itself (output unused).
         key_mask = key_mask | jnp.eye(t, dtype=bool)[None]
-        logits, values, hidden, _ = model(input_ids, positions, key_mask, None, 0, dropout_key)
+        logits, values, hidden, _ = model(input_ids, positions, key_mask, None, 0, dropout_key, adapters)
         return Output(logits, values, None, hidden)
     index = cache["index"]
     s = cache["mask"].shape[1]
@@ -296,7 +337,7 @@ def apply(
     query_slot = index + jnp.arange(t)[:, None]
     key_mask = (slots <= query_slot)[None] & (slot_mask[:, None, :] > 0)
     key_mask = key_mask | (slots == query_slot)[None]
-    logits, values, hidden, kv = model(input_ids, positions, key_mask, cache, index, dropout_key)
+    logits, values, hidden, kv = model(input_ids, positions, key_mask, cache, index, dropout_key, adapters)
     new_cache = {"k": kv["k"], "v": kv["v"], "mask": slot_mask, "index": index + t}
     return Output(logits, values, new_cache, hidden)
 

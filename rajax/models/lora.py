@@ -82,11 +82,13 @@ class Linear(nnx.Module):
         y = x @ self.kernel[...].astype(x.dtype)
         if self.bias is not None:
             y = y + self.bias[...].astype(x.dtype)
-        if adapter is not None:
-            xa = dropout(x, spec.dropout, key)
-            low = xa @ adapter["a"].astype(x.dtype)
-            y = y + (low @ adapter["b"].astype(x.dtype)) * jnp.asarray(spec.scale, x.dtype)
-        return y
+        return y if adapter is None else y + delta(x, adapter, spec, key)
+
+
+def delta(x, adapter, spec: LoRA, key=None):
+    """The adapter's term ``s · (drop(x) @ A) @ B`` in x's dtype (added to a projection's output)."""
+    low = dropout(x, spec.dropout, key) @ adapter["a"].astype(x.dtype)
+    return (low @ adapter["b"].astype(x.dtype)) * jnp.asarray(spec.scale, x.dtype)
 
 
 def adapters_of(cfg, params, layer: int):

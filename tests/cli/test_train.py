@@ -233,3 +233,37 @@ def test_a_users_risk_measure_optimizer_and_reward_run_from_the_command_line(tra
         err = capsys.readouterr().err
         assert err.startswith("rajax: error: ") and needle in err and err.count("\n") == 1, err
         assert not (tmp_path / "bad").exists()
+
+
+def test_wandb_ids_differ_for_same_named_runs_and_resume_keeps_its_id(train_world, tmp_path, monkeypatch):
+    """The W&B run id is drawn once per run and kept in the run's manifest: two runs both called
+    ``run`` get two ids, and ``--resume`` logs to the run's own."""
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+    def wandb_ids(out):
+        return sorted({p.name.rsplit("-", 1)[-1] for p in (out / "wandb").glob("offline-run-*")})
+
+    a, b = tmp_path / "a" / "run", tmp_path / "b" / "run"
+    for out in (a, b):
+        assert train.main(train_args(train_world, out, "--no-eval", "--report-to", "wandb", iterations=1)) == 0
+    assert len(wandb_ids(a)) == 1 and wandb_ids(a) != wandb_ids(b)
+    manifest = {out: json.loads((out / ".rajax-run.json").read_text()) for out in (a, b)}
+    assert wandb_ids(a) == [manifest[a]["wandb_id"]] and wandb_ids(b) == [manifest[b]["wandb_id"]]
+    assert train.main(["--resume", str(a), "--iterations", "2", "--no-eval", "--quiet"]) == 0
+    assert wandb_ids(a) == [manifest[a]["wandb_id"]]  # the resumed run logged to the same W&B run
+    assert json.loads((a / ".rajax-run.json").read_text())["wandb_id"] == manifest[a]["wandb_id"]
+
+
+def test_report_to_wandb_without_wandb_fails_before_anything_is_made(train_world, tmp_path, capsys, monkeypatch):
+    """wandb missing: one line at once, and no run directory left behind (it used to fail after loading
+    the models, leaving a directory that then needed --overwrite)."""
+    monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError
+    out = tmp_path / "run"
+    t = time.time()
+    assert train.main(train_args(train_world, out, "--report-to", "tensorboard,wandb")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "rajax: error: --report-to wandb needs the wandb package: pip install 'rajax[wandb]'"
+    assert not out.exists() and time.time() - t < 10
+    assert train.main(train_args(train_world, out, "--report-to", "wandb", "--print-config")) == 0  # prints only

@@ -154,7 +154,8 @@ def test_save_loads_in_transformers_and_round_trips(tmp_path):
     chex.assert_trees_all_equal_shapes_and_dtypes(params, jax.eval_shape(lambda k: gpt2.init(cfg, k),
                                                                           jax.random.key(0)))
     out = hf.save(tmp_path / "ckpt", cfg, params)
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "value_head.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "generation_config.json", "model.safetensors",
+                                                     "value_head.safetensors"]
     stored = load_file(out / "model.safetensors")
     # tied head not stored; the value head rides along under TRL's names (transformers ignores them)
     assert "lm_head.weight" not in stored and all(k.startswith(("transformer.", "v_head.summary.")) for k in stored)
@@ -262,3 +263,72 @@ def test_value_head_provenance(tmp_path):
     assert hf.stored_value_head(trl) == "unmarked" and hf.value_head_choice(trl) == "checkpoint"
     with pytest.raises(ValueError, match="value_head='bogus'"):
         hf.value_head_choice(trl, "bogus")
+
+
+class _Scripted:
+    """A logits processor that makes step i's only possible token ``script[i]``: the export's model
+    then emits a known sequence, and what is tested is where ``generate()`` stops in it."""
+
+    def __init__(self, prompt_len, script):
+        self.prompt_len, self.script = prompt_len, script
+
+    def __call__(self, input_ids, scores):
+        step = input_ids.shape[1] - self.prompt_len
+        out = torch.full_like(scores, -float("inf"))
+        out[:, self.script[min(step, len(self.script) - 1)]] = 0.0
+        return out
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_generate_on_an_export_stops_at_the_tokenizers_eos(family, tiny_causal_lm, tmp_path):
+    """The synthetic world's tokenizer has EOS 0 (``<|endoftext|>``, its first token): GPT-2's export
+    named vocab_size − 1 (a word piece, so ``generate()`` stopped inside a text), and Llama's turned
+    the source's 0/0/0 into transformers' defaults 2/1/None (so it never stopped)."""
+    from tiny import SENTENCES, bpe_tokenizer
+    from tiny_lms import make
+
+    from rajax.io.tokenizer import load_tokenizer
+
+    tok_dir = tmp_path / "tok"
+    bpe_tokenizer(SENTENCES).save_pretrained(str(tok_dir))
+    tok = load_tokenizer(str(tok_dir))
+    eos, V = tok.eos_token_id, len(tok)
+    assert eos == 0 and V > 10
+    if family == "gpt2":
+        cfg = gpt2.GPT2Config(vocab_size=V, n_positions=64, n_embd=32, n_layer=2, n_head=4)
+        params, source = _random_params(cfg, 3), None
+    else:
+        source = tmp_path / "llama"
+        make("llama", source, vocab_size=V, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+        cfg, params = hf.load(source)
+    out = hf.save(tmp_path / "export", cfg, params, tokenizer=tok, source=source)
+    tm = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    prompt = torch.tensor([tok("the cat sat on the mat").input_ids])
+    P = prompt.shape[1]
+    # The tokens a policy might emit: V − 1 (what GPT-2's export called EOS) before the real EOS.
+    script = [5, V - 1, 7, eos, 9, 9, 9, 9]
+    with torch.no_grad():
+        got = tm.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=len(script),
+                          do_sample=False, logits_processor=[_Scripted(P, script)])
+    assert got[0, P:].tolist() == [5, V - 1, 7, eos]
+    assert tm.generation_config.eos_token_id == eos
+    for f in ("config.json", "generation_config.json"):
+        raw = json.loads((out / f).read_text())
+        assert (raw["eos_token_id"], raw["bos_token_id"], raw["pad_token_id"]) == (eos, eos, eos), f
+
+
+def test_special_ids_come_from_the_source_without_a_tokenizer(tiny_causal_lm, tmp_path):
+    """No tokenizer given: the source checkpoint's ids, written as the source has them (nulls included,
+    so transformers does not substitute its class defaults)."""
+    from tiny_lms import make
+
+    source = tmp_path / "llama"
+    make("llama", source, bos_token_id=3, eos_token_id=4, pad_token_id=None)
+    cfg, params = hf.load(source)
+    out = hf.save(tmp_path / "export", cfg, params, source=source)
+    tm = transformers.AutoModelForCausalLM.from_pretrained(out)
+    assert (tm.config.bos_token_id, tm.config.eos_token_id, tm.config.pad_token_id) == (3, 4, None)
+    assert (tm.generation_config.bos_token_id, tm.generation_config.eos_token_id) == (3, 4)
+    # Neither: GPT-2's own vocabulary keeps 50256; any other vocabulary names no EOS rather than a wrong one.
+    assert json.loads((hf.save(tmp_path / "g", gpt2.GPT2Config(**TINY), _random_params(gpt2.GPT2Config(**TINY), 0))
+                       / "config.json").read_text())["eos_token_id"] is None

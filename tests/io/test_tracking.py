@@ -97,3 +97,23 @@ def test_wandb_offline_logs_the_same_tags_and_the_config(tmp_path, monkeypatch):
     assert all(h["objective/kl"] == 1.0 and "bad" not in h for h in hist)  # NaN is not sent
     assert cfg["risk"] == {"alpha": 0.2}
     assert [r["iteration"] for r in tracking.read_metrics(tmp_path)] == [0, 1, 2]  # metrics.jsonl as always
+
+
+def test_wandb_run_id_is_the_one_given_and_fresh_ids_differ(tmp_path, monkeypatch):
+    """Two runs whose directories share a name get two W&B runs: the id is drawn per run, not derived
+    from the name (the old sha1(basename) merged every user's default run into one)."""
+    pytest = __import__("pytest")
+    pytest.importorskip("wandb")
+    from tiny import wandb_offline_records
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    ids = [tracking.new_run_id() for _ in range(2)]
+    assert ids[0] != ids[1] and all(len(i) == 16 and int(i, 16) >= 0 for i in ids)
+    for d, run_id in zip(("a", "b"), ids):
+        w = tracking.MetricsWriter(tmp_path / d / "run", tensorboard=False, wandb=True, run_name="run", run_id=run_id)
+        w.write(0, {"x": 1.0})
+        w.close()
+        wandb_offline_records(tmp_path / d / "run")
+    got = [p.name.rsplit("-", 1)[-1] for d in ("a", "b") for p in (tmp_path / d / "run" / "wandb").glob("offline-run-*")]
+    assert got == ids
