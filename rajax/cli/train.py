@@ -17,6 +17,7 @@ from rajax import config as config_lib
 from rajax import evaluation, tasks
 from rajax.cli import common, options
 from rajax.core.errors import InvalidInput, train_command
+from rajax.io import tracking
 from rajax.io.rundir import RunDir
 from rajax.trainer import Trainer
 
