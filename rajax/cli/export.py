@@ -30,21 +30,22 @@ def main(argv=None) -> int:
 
 
 def _main(args) -> int:
+    # Validate, then act: the source is read and checked and OUT is checked before OUT is created,
+    # locked or changed; a refused export leaves no file behind (no lock, no manifest).
     step = export.checkpoint_of(args.source)
-    cfg, params = export.policy_from_checkpoint(step, what="source")
+    cfg, params, step = export.policy_from_checkpoint(step, what="source", log=print, with_step=True)
     if not bool(parallel.all_finite(params)):
         raise NonFinite(f"{step}: the checkpoint's parameters are non-finite; nothing was exported")
     tok_src = export.tokenizer_source(step)
     tok = load_tokenizer(tok_src, what="the run's tokenizer") if tok_src else None
-    run = RunDir.create(args.out, cfg_text=str(step), seed=0, overwrite=args.overwrite, entries=(), kind="export",
-                        flag="OUT")
+    plan = RunDir.prepare(args.out, overwrite=args.overwrite, entries=(), kind="export", flag="OUT")
+    run = plan.take(cfg_text=str(step), seed=0)
     try:
         run.publish(lambda d: hf.save(d, cfg, params, tokenizer=tok))
     finally:
         run.close()
     print(f"exported {step} ({cfg.describe()}) to {args.out}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -68,6 +68,9 @@ def run_sft(
         cfg = config_lib.load_config(task, None, ovr)
     else:
         cfg = config_lib.load_config(task, None, ovr) if ovr else task
+    # Validate, then act: --out is checked before anything loads, and taken (locked, an earlier
+    # SFT's files replaced) only once the new model is trained and finite.
+    plan = RunDir.prepare(out, overwrite=overwrite, entries=(), kind="sft", flag="--out")
     cfg, task = tasks.prepare(cfg, require=(), progress=progress, check_hub=False)
     policy = cfg.model.policy
     tok_name = cfg.model.tokenizer or policy
@@ -81,8 +84,6 @@ def run_sft(
     check_fits(tokenizer, mcfg.vocab_size, tokenizer_name=tok_name, model_name=policy)
     if not bool(parallel.all_finite(params)):
         raise NonFinite(f"--policy {policy} has non-finite parameters")
-    run = RunDir.create(out, cfg_text=config_lib.dump_yaml(cfg), seed=seed, overwrite=overwrite, entries=(),
-                        kind="sft")
     if ids.shape[1] > mcfg.context_length:
         raise InvalidInput(f"--max-tokens {max_tokens} exceeds the model's context of {mcfg.context_length}")
     print(f"sft: {len(ids)} texts, <= {ids.shape[1]} tokens, {epochs} epochs, effective batch {batch} "
@@ -90,12 +91,13 @@ def run_sft(
           f"{epochs * steps_per_epoch(len(ids), micro_batch, batch // micro_batch)} optimizer steps, "
           f"{jax.device_count()} device(s)", file=sys.stderr)
     t0 = time.time()
+    params = train_lm(mcfg, params, ids, attn, epochs=epochs, lr=lr, micro_batch=micro_batch,
+                      grad_accum=batch // micro_batch, seed=seed, dropout=getattr(mcfg, "dropout", 0.0) > 0,
+                      progress=progress, log_fn=log_fn, label_mask=labels)
+    if not bool(parallel.all_finite(params)):
+        raise NonFinite("the SFT parameters are non-finite; nothing was saved; lower the learning rate")
+    run = plan.take(cfg_text=config_lib.dump_yaml(cfg), seed=seed)
     try:
-        params = train_lm(mcfg, params, ids, attn, epochs=epochs, lr=lr, micro_batch=micro_batch,
-                          grad_accum=batch // micro_batch, seed=seed, dropout=getattr(mcfg, "dropout", 0.0) > 0,
-                          progress=progress, log_fn=log_fn, label_mask=labels)
-        if not bool(parallel.all_finite(params)):
-            raise NonFinite("the SFT parameters are non-finite; nothing was saved; lower the learning rate")
         run.publish(lambda d: hf.save(d, mcfg, params, tokenizer=tokenizer, value_head="initial"))
     finally:
         run.close()
