@@ -6,6 +6,7 @@ on stderr and exit status 2. Any other exception is a bug and keeps its tracebac
 """
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
 from typing import Callable
@@ -23,6 +24,15 @@ EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal numb
 
 def error_line(message: str) -> None:
     print(f"rajax: error: {message}", file=sys.stderr, flush=True)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the commands' one-line errors: a bad flag is ``rajax: error: ...`` and exit 2
+    (argparse's own form is a usage block and ``prog: error:``)."""
+
+    def error(self, message: str):
+        error_line(f"{' '.join(str(message).split())} (see {self.prog} --help)")
+        raise SystemExit(EXIT_USAGE)
 
 
 def guard(body: Callable[[], int]) -> int:

@@ -38,7 +38,7 @@ EVAL_ALIASES = {k: v for k, v in options.ALIASES.items() if k != "--policy"}  # 
 
 def _parser(argv=()):
     preset = options.preset_for(list(argv))
-    p = argparse.ArgumentParser(prog="rajax evaluate", allow_abbrev=False,
+    p = common.Parser(prog="rajax evaluate", allow_abbrev=False,
                                 description="Evaluate policies as in the paper: rewards, tail, CVaR, R̄, perplexity, "
                                             "figures and a report. Values: preset < --config < --set < flags.")
     p.add_argument("--task", required=True, help=f"{' | '.join(config_lib.list_presets())}, or a config YAML")

@@ -21,7 +21,7 @@ from rajax.io.tokenizer import load_tokenizer
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="rajax export", description=__doc__.split("\n")[0])
+    p = common.Parser(prog="rajax export", description=__doc__.split("\n")[0])
     p.add_argument("source", help="RUN/checkpoints/STEP, or a run directory (its newest checkpoint)")
     p.add_argument("out", help="the model directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export's files in a non-empty OUT")

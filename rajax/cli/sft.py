@@ -55,7 +55,8 @@ def run_sft(
               (epochs >= 1, f"--epochs {epochs} must be >= 1"), (micro_batch >= 1, f"--micro-batch {micro_batch} must be >= 1"),
               (batch >= micro_batch and batch % micro_batch == 0,
                f"--batch ({batch}) must be a positive multiple of --micro-batch ({micro_batch})"),
-              (max_tokens >= 2, f"--max-tokens {max_tokens} must be >= 2")]
+              (max_tokens >= 2, f"--max-tokens {max_tokens} must be >= 2"),
+              (0 <= seed <= config_lib.SEED_LIMIT, f"--seed {seed} must be an integer in [0, {config_lib.SEED_LIMIT}]")]
     for ok, msg in checks:
         if not ok:
             raise InvalidInput(msg)
@@ -111,7 +112,7 @@ SFT_ALIASES = {k: v for k, v in options.ALIASES.items() if k not in ("--lr", "--
 
 def _parser(argv=()):
     preset = options.preset_for(list(argv))
-    p = argparse.ArgumentParser(prog="rajax sft", allow_abbrev=False,
+    p = common.Parser(prog="rajax sft", allow_abbrev=False,
                                 description="Supervised fine-tuning of a causal LM on a task's texts (the paper's "
                                             "SFT step); saves an HF-format checkpoint.")
     p.add_argument("--task", required=True, help=f"{' | '.join(config_lib.list_presets())}, or a config YAML")

@@ -28,7 +28,7 @@ import yaml
 from rajax import __version__, study, tasks
 from rajax import config as config_lib
 from rajax.cli import common, train
-from rajax.core.errors import InvalidInput, train_command
+from rajax.core.errors import InvalidInput, one_line, train_command
 
 # bin/train flags that would give the arms different settings (or clash with the study's own).
 ARM_FLAGS = ("--alpha", "--risk", "--seed", "--out", "--resume", "--overwrite", "--task")
@@ -53,7 +53,7 @@ def check_train_args(train_args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="bin/study", description=__doc__.split("\n")[0],
+    ap = common.Parser(prog="rajax study", description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="ablations:\n" + "\n".join(f"  {k:16s} {a.about}"
                                                                    for k, a in study.ABLATIONS.items()))
@@ -89,12 +89,39 @@ def _alphas(args) -> list[float]:
     return [a]
 
 
+def read_plan(f: pathlib.Path) -> dict:
+    """The study's saved plan; a damaged one is refused in one line (never rewritten: it is the record
+    of which runs belong to the study)."""
+    try:
+        old = json.loads(f.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as e:
+        raise InvalidInput(f"{f} is damaged ({one_line(e)[:80]}); restore it, or use another --out") from None
+    if not isinstance(old, dict):
+        raise InvalidInput(f"{f} is damaged (not a study plan); restore it, or use another --out")
+    return old
+
+
+def _read_times(tf: pathlib.Path) -> dict[str, float]:
+    """Seconds of each finished run (``runs.jsonl``); a line cut by a kill, or damaged, is skipped: the
+    times only feed the estimate of what is left."""
+    times = {}
+    for line in tf.read_bytes().decode("utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+            times[str(rec["run"])] = float(rec["seconds"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return times
+
+
 def _open_out(out: pathlib.Path, plan_record: dict):
     """Create or reopen the study directory: its plan must match this command's, and one study at a
     time may use it (an fcntl lock, released when the process ends)."""
     f = out / PLAN_FILE
+    if out.exists() and not out.is_dir():
+        raise InvalidInput(f"--out {out} is a file; choose a directory for the study")
     if f.is_file():
-        old = json.loads(f.read_text())
+        old = read_plan(f)
         diff = [k for k in plan_record if k != "rajax_version" and old.get(k) != plan_record[k]]
         if diff:
             raise InvalidInput(f"--out {out} holds a study with other {', '.join(diff)} ({old.get(diff[0])!r}); "
@@ -179,12 +206,8 @@ def _main(args) -> int:
 
 
 def _run_all(args, runs, alphas, out: pathlib.Path) -> int:
-    times: dict[str, float] = {}
     tf = out / TIMES_FILE
-    if tf.is_file():
-        for line in tf.read_text().splitlines():
-            rec = json.loads(line)
-            times[rec["run"]] = rec["seconds"]
+    times = _read_times(tf) if tf.is_file() else {}
     todo = [r for r in runs if not _done(out / r.setting / f"{r.arm}-s{r.seed}")]
     done_before = len(runs) - len(todo)
     print(f"study: {len(runs)} runs ({len(args.seeds)} seeds; RLHF and α {', '.join(f'{a:g}' for a in alphas)}; "

@@ -27,7 +27,7 @@ TRAIN_ALIASES = options.ALIASES  # every short flag applies to training
 def build_parser(argv=None) -> argparse.ArgumentParser:
     """The parser, with one flag per config key whose help shows the selected preset's values."""
     preset = options.preset_for(argv or [])
-    p = argparse.ArgumentParser(
+    p = common.Parser(
         prog="rajax train", allow_abbrev=False,
         description="RA-RLHF / RLHF fine-tuning of a causal LM (rajax). Values: preset < --config < --set < flags.")
     p.add_argument("--task", default=None,
