@@ -248,8 +248,11 @@ class Plan:
             run._created, run._had_lock, run._fresh = created, had_lock, old is None and not self.resume
             if owned and not self.resume:
                 run._move_aside(owned)
+            # The holder's pid, for the message of a process refused while this one runs; the lock's
+            # earlier bytes are written back on close, so a command leaves the lock file as it was.
+            run._lock_before = os.pread(fd, 4096, 0)
             os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             run._write_manifest()
             return run
         except BaseException:
@@ -306,6 +309,7 @@ class RunDir:
         self._created: list[pathlib.Path] = []
         self._had_lock = True
         self._fresh = False  # the directory held no run before this one
+        self._lock_before: bytes | None = None
 
     # --- opening ------------------------------------------------------------------------------
     @classmethod
@@ -550,6 +554,9 @@ class RunDir:
         if self._lock_fd is None:
             return
         try:
+            if self._lock_before is not None:
+                os.ftruncate(self._lock_fd, 0)
+                os.pwrite(self._lock_fd, self._lock_before, 0)
             if self._aside is not None:
                 self._restore_aside()
             elif self._fresh and not self.manifest.get("entries"):
