@@ -17,7 +17,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from tiny import TRAIN_TINY, train_args
+from tiny import TRAIN_TINY, train_args, tree_hash, unchanged
 
 from rajax.cli import evaluate as cli_evaluate
 from rajax.cli import sft as cli_sft
@@ -443,53 +443,6 @@ def test_a_bug_still_shows_its_traceback(train_world, tmp_path, monkeypatch):
 # Validate, then act; stay inside the run directory; one net for parsing (issue 22). Each case
 # hashes the trees it must leave alone, before and after.
 # ------------------------------------------------------------------------------------------------
-class TreeHash(str):
-    """The hash of a tree (``tree_hash``); compared with another, a failure lists the paths that differ."""
-
-    def __new__(cls, listing: dict):
-        import hashlib
-
-        h = hashlib.sha256()
-        for k in sorted(listing):
-            h.update(k.encode() + b"\0" + listing[k] + b"\0")
-        obj = super().__new__(cls, h.hexdigest()[:16])
-        obj.listing = listing
-        return obj
-
-    def __eq__(self, other):
-        return str.__eq__(self, other)
-
-    __hash__ = str.__hash__
-
-    def diff(self, other) -> list[str]:
-        a, b = self.listing, other.listing
-        return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-
-
-def tree_hash(root: pathlib.Path) -> TreeHash:
-    """One hash of everything under ``root``, links not followed: names, kinds, bytes, link targets
-    and the files' modes (a lock file counts, and so does an empty directory)."""
-    root = pathlib.Path(root)
-    listing = {}
-    if os.path.lexists(root):
-        for d, dirs, files in os.walk(root, followlinks=False):
-            for name in dirs + files:
-                p = pathlib.Path(d) / name
-                rel = str(p.relative_to(root))
-                if p.is_symlink():
-                    listing[rel] = b"L " + os.readlink(p).encode()
-                elif p.is_dir():
-                    listing[rel] = b"D"
-                else:
-                    listing[rel] = f"F {p.stat().st_mode:o} ".encode() + p.read_bytes()
-    return TreeHash(listing)
-
-
-def unchanged(root: pathlib.Path, before: TreeHash) -> bool:
-    """``root`` hashes as ``before`` did; otherwise fail naming the paths that changed."""
-    after = tree_hash(root)
-    assert after == before, (f"tree hash {before} -> {after}", before.diff(after))
-    return True
 
 
 @pytest.fixture(scope="module")
@@ -771,3 +724,28 @@ def test_stale_temp_dirs_of_a_killed_run_are_removed(train_world, finished_run, 
         "train: --resume removes a killed run's temp dirs", code=0)
     assert not (run_dir / f".model.tmp-{dead}").exists() and not (run_dir / f".eval.tmp-{dead}").exists()
     assert alive.is_dir()
+
+
+@pytest.mark.parametrize("moment", ["start-up", "end-of-training evaluation"])
+def test_sigterm_at_any_moment_stops_with_one_line(train_world, tmp_path, moment):
+    """Outside the training loop (which finishes its iteration and checkpoints) SIGTERM stops the
+    command where it is: exit 143, one line, no traceback, no temporary directory left."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "rajax", "train", *map(str, train_args(train_world, out))],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if moment == "start-up":
+        time.sleep(1.0)  # importing the libraries
+    else:
+        deadline = time.time() + 240
+        while not list(out.glob(".eval.tmp-*")) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before its evaluation started"
+    t = time.time()
+    proc.send_signal(signal.SIGTERM)
+    o, e = proc.communicate(timeout=120)
+    took = time.time() - t
+    lines = [ln for ln in e.splitlines() if ln.strip()]
+    assert proc.returncode == 143 and "Traceback" not in o + e, e[-2000:]
+    assert lines[-1].startswith("rajax: error: interrupted by SIGTERM") and took < 30, (lines[-1:], took)
+    assert not list(out.glob(".*.tmp-*")) if out.exists() else True
+    TABLE.append((f"train: SIGTERM during {moment}", proc.returncode, lines[-1]))

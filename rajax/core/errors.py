@@ -7,6 +7,9 @@ exception it refines, so library code that catches ``ValueError`` or ``OSError``
 from __future__ import annotations
 
 import os
+import signal
+import sys
+import threading
 
 
 class UserError(Exception):
@@ -43,3 +46,55 @@ def one_line(e: BaseException) -> str:
     """The message of ``e`` on one line (the first line of a multi-line message)."""
     msg = str(e).strip() or type(e).__name__
     return msg.splitlines()[0]
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (or SIGINT) raised in the main thread as an exception, as Python does for Ctrl-C, so
+    that every ``finally`` on the way out runs (a lock released, an earlier run put back) and the
+    command ends with one line and the signal's exit status."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = int(signum)
+
+
+# Seconds a raised Interrupted has to reach the command's handler. Python runs a signal handler
+# between two bytecodes of the main thread, which may be inside a finalizer or a garbage-collector
+# callback: there the exception is printed as "Exception ignored" and dropped, and the command
+# would go on. The watchdog then ends the process itself, with the same line and status.
+STOP_GRACE_S = 10.0
+_watchdog: list = []
+
+
+def _stop_now(signum: int) -> None:
+    name = signal.Signals(signum).name
+    os.write(2, f"rajax: error: interrupted by {name}; stopped\n".encode())
+    os._exit(128 + signum)
+
+
+def _unraisable(u) -> None:
+    """An Interrupted dropped by a finalizer or callback is delivered again (the handler then runs at
+    the next bytecode of the main thread, outside it); anything else goes to Python's own hook."""
+    if isinstance(u.exc_value, Interrupted):  # sent from another thread: handled after this hook returns
+        threading.Timer(0.01, os.kill, (os.getpid(), u.exc_value.signum)).start()
+        return
+    sys.__unraisablehook__(u)
+
+
+def raise_interrupted(signum, _frame):
+    """A signal handler: stop the main thread where it is with ``Interrupted`` (and, should that
+    exception be swallowed for good, end the process after ``STOP_GRACE_S``)."""
+    if sys.unraisablehook is sys.__unraisablehook__:
+        sys.unraisablehook = _unraisable
+    if not _watchdog:
+        t = threading.Timer(STOP_GRACE_S, _stop_now, (int(signum),))
+        t.daemon = True
+        t.start()
+        _watchdog.append(t)
+    raise Interrupted(signum)
+
+
+def interrupt_handled() -> None:
+    """The command caught ``Interrupted`` and is ending by itself: no watchdog needed."""
+    while _watchdog:
+        _watchdog.pop().cancel()
