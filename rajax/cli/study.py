@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import json
 import math
+import os
 import pathlib
 import sys
 import time
@@ -129,7 +130,11 @@ def _open_out(out: pathlib.Path, plan_record: dict):
     elif out.exists() and any(out.iterdir()):
         raise InvalidInput(f"--out {out} is not empty and holds no study; use another --out")
     out.mkdir(parents=True, exist_ok=True)
-    lock = open(out / ".study.lock", "w")
+    try:  # never through a link, never truncated: the lock's bytes are not ours to change
+        lock = os.fdopen(os.open(out / ".study.lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644), "w")
+    except OSError as e:
+        raise InvalidInput(f"--out {out}: cannot open its lock .study.lock ({e.strerror}); remove it or use "
+                           "another --out") from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -198,6 +203,11 @@ def _main(args) -> int:
             print(f"{r.key}: {train_command()} {' '.join(_argv(args, r, out / r.setting / f'{r.arm}-s{r.seed}'))}")
         print(f"{len(runs)} runs; expected duration: {_minutes(_estimate(args.task, runs, {}))}")
         return 0
+    # Validate, then act: the first run's bin/train arguments must parse into a valid config before
+    # the study's directory is created (a bad flag after -- would otherwise fail every run).
+    first = _argv(args, runs[0], out / runs[0].setting / f"{runs[0].arm}-s{runs[0].seed}")
+    if "--resume" not in first:
+        train.config_from_args(train.build_parser(first).parse_args(first))
     lock = _open_out(out, record)
     try:
         return _run_all(args, runs, alphas, out)

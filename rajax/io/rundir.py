@@ -443,6 +443,8 @@ class RunDir:
         self._aside = aside
         mf = self.path / MANIFEST
         self._old_manifest = mf.read_bytes() if mf.is_file() else None
+        if self._old_manifest is not None:  # should this process be killed, the folder is the whole earlier run
+            (aside / MANIFEST).write_bytes(self._old_manifest)
         self._moved = []
         for e in owned:
             src = self.path / e
