@@ -45,7 +45,10 @@ ODD = ["", " ", "-1", "0", "1", "2", "0.5", "1e30", "-1e30", "1e-300", "nan", "i
        str(-(2**63)), "1.5", "true", "null", "[0.1", "[1,2]", "{a: 1}", "a: [", "'", "\"", "x" * 300, "../..",
        "/", "~", "-", "--", "--out", "é\u200b", "{bytes}", "{yaml}", "{dir}", "{missing}", "{link}"]
 TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=40)
-VALUE = st.one_of(st.sampled_from(ODD), TEXT, st.integers(-(2**70), 2**70).map(str),
+# Values a flag may well take, so that examples also get past the parsing into the run itself.
+PLAUSIBLE = ["8", "16", "2", "4", "0.3", "0.9", "1e-4", "0", "synthetic", "rtp", "float32", "bfloat16",
+             "kept_mean", "{world}/policy", "{world}/reward", "{world}/prompts.jsonl"]
+VALUE = st.one_of(st.sampled_from(ODD), st.sampled_from(PLAUSIBLE), TEXT, st.integers(-(2**70), 2**70).map(str),
                   st.floats(allow_nan=True, allow_infinity=True).map(repr))
 SET_KEYS = ["eval.cvar_alphas", "risk.alpha", "risk.M", "train.seed", "train.iterations", "ppo.learning_rate",
             "generation.max_new_tokens", "generation.top_p", "model.dtype", "data.source", "ppo.kl_stat",
@@ -62,8 +65,8 @@ def _flag_values(argv: list[str]) -> list[int]:
 def mutations(draw, n_max=3):
     """A list of edits to apply to a working command line."""
     edits = []
-    for _ in range(draw(st.integers(1, n_max))):
-        kind = draw(st.sampled_from(["value", "value", "value", "drop", "set", "extra", "dup"]))
+    for _ in range(draw(st.integers(0, n_max))):
+        kind = draw(st.sampled_from(["value", "value", "value", "drop", "set", "set", "extra", "extra", "dup"]))
         if kind == "value":
             edits.append(("value", draw(st.integers(0, 10_000)), draw(VALUE)))
         elif kind == "drop":
@@ -71,8 +74,9 @@ def mutations(draw, n_max=3):
         elif kind == "set":
             edits.append(("set", draw(st.sampled_from(SET_KEYS)), draw(VALUE)))
         elif kind == "extra":
-            edits.append(("extra", draw(st.sampled_from(["--overwrite", "--resume", "--config", "--policy", "--data",
-                                                         "--seed", "--no-eval", "--bogus", "--help", "--task"])),
+            edits.append(("extra", draw(st.sampled_from(["--overwrite", "--overwrite", "--resume", "--config",
+                                                         "--policy", "--data", "--seed", "--no-eval", "--bogus",
+                                                         "--help", "--task", "--ref-policy", "--tokenizer"])),
                           draw(VALUE)))
         else:
             edits.append(("dup", draw(st.integers(0, 10_000)), None))
@@ -102,7 +106,8 @@ def apply(argv: list[str], edits, fixed: int = 0) -> list[str]:
 class Sandbox:
     """One example's files: its inputs (random bytes, YAML text, a directory, a link) and ``out``."""
 
-    def __init__(self, root: pathlib.Path, raw: bytes, yaml_text: str, out_kind: str, earlier: pathlib.Path | None):
+    def __init__(self, root: pathlib.Path, raw: bytes, yaml_text: str, out_kind: str, earlier: pathlib.Path | None,
+                 world: pathlib.Path):
         self.root = pathlib.Path(tempfile.mkdtemp(dir=root))
         inputs = self.root / "inputs"
         inputs.mkdir()
@@ -125,7 +130,7 @@ class Sandbox:
             (self.out / ".rajax-run.json").write_bytes(raw)
             (self.out / "study-plan.json").write_bytes(raw)
             (self.out / "config.yaml").write_bytes(raw)
-        self.paths = {"{bytes}": str(inputs / "bytes.bin"), "{yaml}": str(inputs / "bad.yaml"),
+        self.paths = {"{world}": str(world), "{bytes}": str(inputs / "bytes.bin"), "{yaml}": str(inputs / "bad.yaml"),
                       "{dir}": str(inputs / "dir"), "{missing}": str(inputs / "missing"),
                       "{link}": str(inputs / "link")}
 
@@ -189,7 +194,14 @@ def world_and_runs(train_world, tmp_path_factory):
     assert cli_train.main([str(a) for a in train_args(train_world, run_dir, "--no-eval", iterations=2)]) == 0
     ev = root / "eval"
     assert cli_evaluate.main([str(a) for a in _eval_argv(train_world, ev)]) == 0
-    return train_world, tree_hash(train_world), run_dir, ev, root
+    sft = root / "sft"
+    assert cli_sft.main(_sft_argv(train_world, sft)) == 0
+    return train_world, tree_hash(train_world), run_dir, ev, sft, root
+
+
+def _sft_argv(world, out):
+    return ["--task", "rtp", "--policy", str(world / "policy"), "--data", str(world / "prompts.jsonl"), "--out", str(out),
+            "--epochs", "1", "--batch", "8", "--micro-batch", "8", "--max-tokens", "16", "--no-progress"]
 
 
 def _sets():
@@ -205,15 +217,15 @@ SANDBOX = dict(raw=st.binary(max_size=64), yaml_text=TEXT,
                out_kind=st.sampled_from(["absent", "empty", "earlier", "earlier", "user", "bytes"]))
 
 
-def _sandbox(root, raw, yaml_text, out_kind, earlier):
-    return Sandbox(root, raw, yaml_text, out_kind, earlier)
+def _sandbox(root, raw, yaml_text, out_kind, earlier, world):
+    return Sandbox(root, raw, yaml_text, out_kind, earlier, world)
 
 
 @FUZZ
 @given(edits=mutations(), **SANDBOX)
 def test_fuzz_train(world_and_runs, capfd, edits, raw, yaml_text, out_kind):
-    world, wh, run_dir, _, root = world_and_runs
-    sb = _sandbox(root, raw, yaml_text, out_kind, run_dir)
+    world, wh, run_dir, _, _, root = world_and_runs
+    sb = _sandbox(root, raw, yaml_text, out_kind, run_dir, world)
     argv = sb.fill(apply([str(a) for a in train_args(world, "{out}", "--no-eval", iterations=1)], edits))
     check(cli_train.main, argv, sb, wh, world, capfd, "train",
           may_change="--overwrite" in argv or "--resume" in argv)
@@ -222,19 +234,17 @@ def test_fuzz_train(world_and_runs, capfd, edits, raw, yaml_text, out_kind):
 @FUZZ
 @given(edits=mutations(), **SANDBOX)
 def test_fuzz_sft(world_and_runs, capfd, edits, raw, yaml_text, out_kind):
-    world, wh, run_dir, _, root = world_and_runs
-    sb = _sandbox(root, raw, yaml_text, out_kind, run_dir)
-    base = ["--task", "rtp", "--policy", str(world / "policy"), "--data", str(world / "prompts.jsonl"), "--out", "{out}",
-            "--epochs", "1", "--batch", "8", "--micro-batch", "8", "--max-tokens", "16", "--no-progress"]
-    argv = sb.fill(apply(base, edits))
+    world, wh, _, _, sft, root = world_and_runs
+    sb = _sandbox(root, raw, yaml_text, out_kind, sft, world)
+    argv = sb.fill(apply(_sft_argv(world, "{out}"), edits))
     check(cli_sft.main, argv, sb, wh, world, capfd, "sft", may_change="--overwrite" in argv)
 
 
 @FUZZ
 @given(edits=mutations(), **SANDBOX)
 def test_fuzz_evaluate(world_and_runs, capfd, edits, raw, yaml_text, out_kind):
-    world, wh, _, ev, root = world_and_runs
-    sb = _sandbox(root, raw, yaml_text, out_kind, ev)
+    world, wh, _, ev, _, root = world_and_runs
+    sb = _sandbox(root, raw, yaml_text, out_kind, ev, world)
     argv = sb.fill(apply(_eval_argv(world, "{out}"), edits))
     check(cli_evaluate.main, argv, sb, wh, world, capfd, "evaluate", may_change=True)
 
@@ -244,8 +254,8 @@ def test_fuzz_evaluate(world_and_runs, capfd, edits, raw, yaml_text, out_kind):
 def test_fuzz_study(world_and_runs, capfd, edits, raw, yaml_text, out_kind):
     """--dry-run, or a real study whose runs stop at their first check (a missing --policy), so that an
     example never trains: what is fuzzed is the study's own parsing and its --out."""
-    world, wh, _, _, root = world_and_runs
-    sb = _sandbox(root, raw, yaml_text, out_kind, None)
+    world, wh, _, _, _, root = world_and_runs
+    sb = _sandbox(root, raw, yaml_text, out_kind, None, world)
     dry = raw[:1] != b"\x00"
     base = ["--dry-run"] * dry + ["--task", "rtp", "--seeds", "0", "1", "--alphas", "0.2", "--out", "{out}", "--",
                                   "--policy", "{missing}", "--quiet"]
@@ -256,8 +266,8 @@ def test_fuzz_study(world_and_runs, capfd, edits, raw, yaml_text, out_kind):
 @FUZZ
 @given(edits=mutations(), source=st.sampled_from(["run", "step", "bytes", "dir", "missing", "damaged"]), **SANDBOX)
 def test_fuzz_export(world_and_runs, capfd, edits, source, raw, yaml_text, out_kind):
-    world, wh, run_dir, _, root = world_and_runs
-    sb = _sandbox(root, raw, yaml_text, out_kind, None)
+    world, wh, run_dir, _, _, root = world_and_runs
+    sb = _sandbox(root, raw, yaml_text, out_kind, None, world)
     src = sb.root / "inputs" / "run"
     shutil.copytree(run_dir, src, symlinks=True)
     if source == "damaged":  # the newest step cut short: export falls back past it
