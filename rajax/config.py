@@ -314,8 +314,9 @@ def _coerce(value, tp, key: str):
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if isinstance(value, int):
-            if not -INT_LIMIT <= value <= INT_LIMIT:  # no setting needs more; numpy and XLA take int64 at most
-                raise InvalidInput(f"{key}: {value} is out of range; give an integer between {-INT_LIMIT} and {INT_LIMIT}")
+            lo, hi = (0, SEED_LIMIT) if key.endswith(".seed") else (-INT_LIMIT, INT_LIMIT)
+            if not lo <= value <= hi:  # no setting needs more; numpy and XLA take int64 at most
+                raise InvalidInput(f"{key}: {value} is out of range; give an integer in [{lo}, {hi}]")
             return value
         raise InvalidInput(f"{key}: expected an integer, got {value!r}")
     if tp is float:

@@ -596,9 +596,9 @@ def test_a_damaged_manifest_is_one_line(train_world, finished_run, tmp_path, cap
 
 PARSE_CASES = [
     ("--set list not closed", ["--set", "eval.cvar_alphas=[0.1"], "eval.cvar_alphas: '[0.1' is not a valid value"),
-    ("--seed -1", ["--seed", "-1"], "train.seed=-1 must be an integer in [0, 4294967295]"),
-    ("--seed past 2**64", ["--seed", str(2**64 + 1)], "is out of range"),
-    ("--seed past 2**32", ["--seed", str(2**32)], "train.seed=4294967296 must be an integer"),
+    ("--seed -1", ["--seed", "-1"], "train.seed: -1 is out of range; give an integer in [0, 4294967295]"),
+    ("--seed past 2**64", ["--seed", str(2**64 + 1)], "train.seed: 18446744073709551617 is out of range"),
+    ("--seed past 2**32", ["--seed", str(2**32)], "train.seed: 4294967296 is out of range"),
     ("--lr inf", ["--lr", "inf"], "ppo.learning_rate: inf is not a finite number"),
     ("a flag without its value", ["--iterations"], "--iterations: expected one argument"),
 ]

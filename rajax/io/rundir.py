@@ -354,8 +354,9 @@ class RunDir:
         if theirs:
             what = "an earlier rajax run" if old else f"{len(theirs)} file(s) that are not a rajax run's"
             if not overwrite:
-                raise RunDirError(f"{flag} {path} is not empty (it holds {what}); continue that run with "
-                                  f"--resume {path}, or pass --overwrite to replace what a rajax run wrote there")
+                again = f"continue that run with --resume {path}, or " if kind == "train" and old else ""
+                raise RunDirError(f"{flag} {path} is not empty (it holds {what}); {again}pass --overwrite to replace "
+                                  f"what a rajax {kind} wrote there, or choose another {flag}")
             # After the earlier run's files go, a name blocks when something is left there that no
             # earlier run recorded (a directory of a run's files plus a user's, like model/README.md,
             # is the run's; a user's own file or folder of that name is not).
