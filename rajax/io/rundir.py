@@ -186,10 +186,9 @@ def _writable(path: pathlib.Path, flag: str) -> None:
     while not _lexists(p) and p != p.parent:
         p = p.parent
     if _lexists(p) and not p.is_dir():
-        what = "is a file" if p == path else f"cannot be created ({p} is a file)"
-        raise RunDirError(f"{flag} {path} {what}; choose a directory for the run"
-                          if p == path else f"{flag} {path} is not writable ({p} is a file); choose another place "
-                                            "for the run")
+        if p == path:
+            raise RunDirError(f"{flag} {path} is a file; choose a directory for the run")
+        raise RunDirError(f"{flag} {path} is not writable ({p} is a file); choose another place for the run")
     if not os.access(p, os.W_OK | os.X_OK):
         raise RunDirError(f"{flag} {path} is not writable (Permission denied on {p}); choose another place for the run")
 
