@@ -734,7 +734,7 @@ def test_sigterm_at_any_moment_stops_with_one_line(train_world, tmp_path, moment
     proc = subprocess.Popen([sys.executable, "-m", "rajax", "train", *map(str, train_args(train_world, out))],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if moment == "start-up":
-        time.sleep(1.0)  # importing the libraries
+        time.sleep(1.5)  # importing the libraries (past the interpreter's own start, where no handler can be yet)
     else:
         deadline = time.time() + 240
         while not list(out.glob(".eval.tmp-*")) and time.time() < deadline and proc.poll() is None:
