@@ -2,7 +2,7 @@
 import signal
 import sys
 
-from rajax.core.errors import Interrupted, interrupt_handled, raise_interrupted
+from rajax.core.errors import Interrupted, interrupt_handled, raise_interrupted, watch_signals
 
 
 def _stopped(e: KeyboardInterrupt, when: str) -> int:
@@ -15,6 +15,7 @@ def _stopped(e: KeyboardInterrupt, when: str) -> int:
 # SIGTERM while the libraries load (seconds: JAX, transformers) or the flags are read ends as Ctrl-C
 # does: one line and the signal's status, no traceback. Each command then handles it itself.
 signal.signal(signal.SIGTERM, raise_interrupted)
+watch_signals()  # a stop signal also ends a long C call (an XLA compile) after rajax.core.errors.STOP_GRACE_S
 try:
     from rajax.cli.main import main
 except KeyboardInterrupt as e:

@@ -749,3 +749,24 @@ def test_sigterm_at_any_moment_stops_with_one_line(train_world, tmp_path, moment
     assert lines[-1].startswith("rajax: error: interrupted by SIGTERM") and took < 30, (lines[-1:], took)
     assert not list(out.glob(".*.tmp-*")) if out.exists() else True
     TABLE.append((f"train: SIGTERM during {moment}", proc.returncode, lines[-1]))
+
+
+def test_sigterm_ends_a_long_call_into_c_code():
+    """Python runs signal handlers between bytecodes, never inside one long C call such as an XLA
+    compile; the watchdog, told through the wakeup fd, ends the process after the grace period."""
+    code = ("import hashlib, signal\n"
+            "from rajax.core.errors import raise_interrupted, watch_signals\n"
+            "signal.signal(signal.SIGTERM, raise_interrupted)\n"
+            "watch_signals()\n"
+            "print('ready', flush=True)\n"
+            "hashlib.pbkdf2_hmac('sha256', b'x', b'y', 2**31 - 1)  # minutes in C, no bytecode\n"
+            "print('the call returned', flush=True)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "RAJAX_STOP_GRACE_S": "2"})
+    assert proc.stdout.readline().strip() == "ready"
+    t = time.time()
+    proc.send_signal(signal.SIGTERM)
+    o, e = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and time.time() - t < 20 and "returned" not in o, (proc.returncode, o, e)
+    assert e.strip().splitlines()[-1] == "rajax: error: interrupted by SIGTERM; stopped" and "Traceback" not in e
+    TABLE.append(("SIGTERM inside a long C call (as an XLA compile)", proc.returncode, e.strip().splitlines()[-1]))
