@@ -31,7 +31,7 @@ import yaml
 from rajax.core import plugins
 from rajax.core import ppo as ppo_lib
 from rajax.core import risk as risk_lib
-from rajax.core.errors import InvalidInput, MissingInput
+from rajax.core.errors import InvalidInput, MissingInput, one_line
 from rajax.core.ppo import PPOConfig
 from rajax.core.rollout import MIN_LENGTH_MODES, SampleSettings
 from rajax.io.hf import VALUE_HEAD_MODES
@@ -211,6 +211,49 @@ SECTIONS: dict[str, type] = {n: t for n, t in typing.get_type_hints(Config).item
 # ------------------------------------------------------------------------------------------------
 # Coercion of YAML / string values to the declared field types
 # ------------------------------------------------------------------------------------------------
+# The largest integer any setting takes (seeds included): what numpy's and XLA's int64 hold.
+INT_LIMIT = 2**63 - 1
+SEED_LIMIT = 2**32 - 1  # seeds: numpy's legacy range, which every PRNG rajax uses accepts
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last one
+    silently, so ``risk.alpha: 0.4`` above a second ``alpha:`` would be dropped without a word)."""
+
+
+def _unique_mapping(loader, node, deep=False):
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(None, None, f"unhashable key {key!r}", key_node.start_mark) from None
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (line {seen[key] + 1} and line {key_node.start_mark.line + 1}); "
+                            "keep one", key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def safe_load(text: str):
+    """``yaml.safe_load`` that refuses duplicate keys (``yaml.YAMLError`` for any malformed text)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def parse_yaml_value(text: str, key: str):
+    """A ``--set`` value such as ``[0.1,0.2]`` read as YAML; one line when it is not valid YAML."""
+    try:
+        return safe_load(text)
+    except (yaml.YAMLError, ValueError, OverflowError, RecursionError) as e:
+        raise InvalidInput(f"{key}: {text!r} is not a valid value ({one_line(e)[:80]}); "
+                           "a list is written [0.1,0.2]") from None
+
+
 _NULLS = ("null", "none", "~", "")
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
@@ -246,7 +289,7 @@ def _coerce(value, tp, key: str):
         raise InvalidInput(errors[0] if errors else f"{key}: cannot use {value!r}")
     if origin in (tuple, list):
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip() else []
+            value = parse_yaml_value(value, key) if value.strip() else []
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, (list, tuple)):
@@ -269,30 +312,39 @@ def _coerce(value, tp, key: str):
         if isinstance(value, str):
             s = value.strip()
             try:
-                return int(s)
+                value = int(s)
             except ValueError:
                 try:
                     value = float(s)
                 except ValueError:
                     raise InvalidInput(f"{key}: expected an integer, got {value!r}") from None
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            value = int(value)
         if isinstance(value, int):
+            lo, hi = (0, SEED_LIMIT) if key.endswith(".seed") else (-INT_LIMIT, INT_LIMIT)
+            if not lo <= value <= hi:  # no setting needs more; numpy and XLA take int64 at most
+                raise InvalidInput(f"{key}: {value} is out of range; give an integer in [{lo}, {hi}]")
             return value
         raise InvalidInput(f"{key}: expected an integer, got {value!r}")
     if tp is float:
         if isinstance(value, bool):
             raise InvalidInput(f"{key}: expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                raise InvalidInput(f"{key}: expected a number, got {value!r}") from None
+        try:
+            if isinstance(value, (int, float)):
+                value = float(value)
+            elif isinstance(value, str):
+                value = float(value.strip())
+        except (ValueError, OverflowError):
+            raise InvalidInput(f"{key}: expected a number, got {value!r}") from None
+        if isinstance(value, float):
+            if not math.isfinite(value):  # no setting takes inf or nan: they would reach the run as NaNs
+                raise InvalidInput(f"{key}: {value} is not a finite number; give a finite value")
+            return value
         raise InvalidInput(f"{key}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
+            if "\0" in value:
+                raise InvalidInput(f"{key}: {value!r} holds a NUL character; give a plain name or path")
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)  # e.g. a revision hash YAML read as a number
@@ -372,15 +424,22 @@ def list_presets() -> list[str]:
 
 
 def _preset_text(name: str) -> str | None:
+    if not name or name.startswith(".") or not name.replace("_", "").replace("-", "").isalnum():
+        return None  # a preset is a plain name; anything else is not one
     f = preset_dir() / f"{name}.yaml"
     return f.read_text() if f.is_file() else None
 
 
 def _parse_yaml(text: str, what: str) -> dict:
     try:
-        d = yaml.safe_load(text)
+        d = safe_load(text)
     except yaml.YAMLError as e:
-        raise InvalidInput(f"{what} is not valid YAML: {str(e).splitlines()[0]}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise InvalidInput(f"{what} is not valid YAML{where}: {problem}; fix the file") from None
+    except (ValueError, OverflowError, RecursionError) as e:  # e.g. a timestamp or number PyYAML cannot build
+        raise InvalidInput(f"{what} is not valid YAML: {one_line(e)[:100]}; fix the file") from None
     if d is None:
         return {}
     if not isinstance(d, dict):
@@ -390,9 +449,15 @@ def _parse_yaml(text: str, what: str) -> dict:
 
 def _read_yaml(path, what: str) -> dict:
     p = pathlib.Path(path).expanduser()
-    if not p.is_file():
-        raise MissingInput(f"{what} {str(path)!r}: no such file")
-    return _parse_yaml(p.read_text(), f"{what} {str(path)!r}")
+    try:
+        if not p.is_file():
+            raise MissingInput(f"{what} {str(path)!r}: no such file")
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InvalidInput(f"{what} {str(path)!r} is not UTF-8 text (byte {e.start}); give a YAML file") from None
+    except OSError as e:
+        raise MissingInput(f"{what} {str(path)!r}: cannot read it ({e.strerror or one_line(e)})") from None
+    return _parse_yaml(text, f"{what} {str(path)!r}")
 
 
 def _merge(base: dict, extra: Mapping) -> dict:
@@ -460,8 +525,14 @@ def load_config(task_or_path, user_yaml=None, overrides=(), *, check: bool = Tru
         base = to_dict(task_or_path)
     else:
         name = str(task_or_path)
+        if "\0" in name:
+            raise InvalidInput(f"--task {name!r} holds a NUL character; give a task name or a YAML path")
         p = pathlib.Path(name).expanduser()
-        if name.endswith((".yaml", ".yml")) or p.is_file() or "/" in name:
+        try:
+            is_file = p.is_file()
+        except OSError:  # e.g. a name too long for the file system: not a file, so a task name
+            is_file = False
+        if name.endswith((".yaml", ".yml")) or is_file or "/" in name:
             base = _read_yaml(p, "config file")
         else:
             text = _preset_text(name)
@@ -550,6 +621,7 @@ def validate(cfg: Config, num_devices: int = 1) -> Config:
     _check(k.horizon > 0, f"kl.horizon={k.horizon} must be > 0")
     # train
     _check(num_devices >= 1, f"num_devices={num_devices} must be >= 1")
+    _check(0 <= t.seed <= SEED_LIMIT, f"train.seed={t.seed} must be an integer in [0, {SEED_LIMIT}]")
     _check(t.batch_size >= 1, f"train.batch_size={t.batch_size} must be >= 1")
     _check(t.batch_size % num_devices == 0,
            f"train.batch_size={t.batch_size} must be a multiple of the {num_devices} devices")

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import scipy.stats
 
+from rajax.config import SEED_LIMIT
 from rajax.core.errors import InvalidInput
 
 
@@ -81,6 +82,8 @@ def plan(seeds: Sequence[int], alphas: Sequence[float], ablations: Sequence[str]
     (RA-RLHF at the first α, and RLHF where the factor changes it)."""
     if not seeds or len(set(seeds)) != len(seeds):
         raise InvalidInput(f"--seeds must be distinct and at least one, got {list(seeds)}")
+    if any(not 0 <= s <= SEED_LIMIT for s in seeds):
+        raise InvalidInput(f"--seeds must be integers in [0, {SEED_LIMIT}], got {next(s for s in seeds if not 0 <= s <= SEED_LIMIT)}")
     if not alphas or any(not 0.0 < a < 1.0 for a in alphas):
         raise InvalidInput(f"--alphas must be RA-RLHF risk levels in (0, 1) (RLHF always runs), got {list(alphas)}")
     unknown = [a for a in ablations if a not in ABLATIONS]

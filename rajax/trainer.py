@@ -149,10 +149,9 @@ class Trainer:
         head = hf.value_head_choice(cfg.model.policy, cfg.model.value_head, what="--policy")
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, value_head=head))
         self.cfg = cfg
-        if run is None and self.lead:
-            run = (RunDir.open(self.out) if resume else
-                   RunDir.create(self.out, cfg_text=config_lib.dump_yaml(cfg), seed=cfg.train.seed,
-                                 overwrite=overwrite))
+        # Validate, then act: the run directory is checked here and taken (created, locked, an
+        # earlier run moved aside) only once the models and data below have loaded.
+        plan = RunDir.prepare(self.out, resume=resume, overwrite=overwrite) if run is None and self.lead else None
         self.run_dir = run
         t0 = time.time()
         m = cfg.model
@@ -234,16 +233,18 @@ class Trainer:
         self.base_key = jax.random.key(cfg.train.seed)
         self.start = 0
         self._done = 0  # iterations done when run() returned (finish() evaluates a finished run)
-        if self.lead:
-            # The resolved config, what `rajax train --resume` continues (from the CLI or not). Written
-            # once everything loaded: a start that failed leaves no file that would block a rerun.
-            config_lib.dump_yaml(cfg, self.out / "config.yaml")
-            self.run_dir.record(self.out / "config.yaml")
         self.log(f"loaded models and {n_train} train prompts in {time.time() - t0:.1f}s")
         bos = self.tokenizer.bos_token_id
         if bos is not None and list(self.tokenizer("a")["input_ids"][:1]) == [bos]:  # say it: prompts change
             self.log(f"the tokenizer puts BOS {self.tokenizer.bos_token!r} (id {bos}) in front of every prompt; "
                      "it is one of generation.prompt_tokens and part of the decoded prompt the reward reads")
+        if plan is not None:
+            self.run_dir = plan.take(cfg_text=config_lib.dump_yaml(cfg), seed=cfg.train.seed)
+        if self.lead:
+            # The resolved config, what `rajax train --resume` continues (from the CLI or not). Written
+            # once everything loaded and the directory is taken: a start that failed leaves no file.
+            config_lib.dump_yaml(cfg, self.out / "config.yaml")
+            self.run_dir.record(self.out / "config.yaml")
 
     # --- one iteration -------------------------------------------------------------------------
     def batch_prompts(self, m: int):
@@ -355,6 +356,12 @@ class Trainer:
             prev = ckpt.latest_step()
             kept = f"checkpoint {prev} in {ckpt.directory} is intact" if prev is not None else "no earlier checkpoint"
             raise CheckpointError(f"writing checkpoint {m_next} failed ({e.strerror or e}); {kept}") from None
+        if self.lead and self.run_dir is not None:
+            # The step's files are the run's (not the folder: a user's note in checkpoints/ is not);
+            # the earlier run that --overwrite moved aside goes now that this one has a checkpoint.
+            self.run_dir.forget_missing("checkpoints")
+            self.run_dir.record(*(p for p in (ckpt.directory / str(m_next)).rglob("*") if not p.is_dir()))
+            self.run_dir.commit()
 
     def restore(self, ckpt):
         tree, meta = ckpt.restore(self._state_tree())
@@ -369,9 +376,11 @@ class Trainer:
         cfg = self.cfg
         lead = self.lead
         ckpt = Checkpointer(self.out / "checkpoints", keep=cfg.train.keep_checkpoints, log=self.log)
-        if lead:
-            self.run_dir.record("checkpoints")
         if resume:
+            unreadable = sorted(p.name for p in ckpt.directory.glob("*.unreadable"))
+            if ckpt.latest_step() is None and unreadable:  # never restart silently over a run's metrics
+                raise CheckpointError(f"{self.out} has no readable checkpoint left ({', '.join(unreadable)} could "
+                                      "not be read); restore one by hand, or start a new run with --out")
             if ckpt.latest_step() is None:
                 self.log(f"{self.out} has no checkpoint yet: starting at iteration 0")
             else:
@@ -385,8 +394,7 @@ class Trainer:
                                             run_name=self.out.name,
                                             run_id=(self.run_dir.stored("wandb_id", tracking.new_run_id)
                                                     if "wandb" in self.report_to else None))
-            self.run_dir.record("metrics.jsonl", *(["tb"] * ("tensorboard" in self.report_to)),
-                                *(["wandb"] * ("wandb" in self.report_to)))
+            self.run_dir.record("metrics.jsonl", *(self.out / "tb").glob("events.out.tfevents.*"))
         stop = {"signal": None}
 
         def on_signal(signum, _frame):
@@ -449,6 +457,8 @@ class Trainer:
                 bar.close()
             if writer is not None:
                 writer.close()
+                self.run_dir.record(*(self.out / "tb").glob("events.out.tfevents.*"),
+                                    *(p for p in (self.out / "wandb").rglob("*") if not p.is_dir()))
             for s_, h in old.items():
                 signal.signal(s_, h)
         if ckpt.latest_step() != m:

@@ -17,7 +17,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from tiny import TRAIN_TINY, train_args
+from tiny import TRAIN_TINY, train_args, tree_hash, unchanged
 
 from rajax.cli import evaluate as cli_evaluate
 from rajax.cli import sft as cli_sft
@@ -437,3 +437,341 @@ def test_a_bug_still_shows_its_traceback(train_world, tmp_path, monkeypatch):
     with pytest.raises(KeyError, match="a bug"):
         cli_train.main(train_args(train_world, tmp_path / "run"))
 
+
+
+# ------------------------------------------------------------------------------------------------
+# Validate, then act; stay inside the run directory; one net for parsing (issue 22). Each case
+# hashes the trees it must leave alone, before and after.
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_run(train_world, tmp_path_factory):
+    """A finished training run (two checkpoints, model/, eval/), made once; tests copy it."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert cli_train.main([str(a) for a in train_args(train_world, out)]) == 0
+    return out
+
+
+def _copy_run(src, dst):
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
+
+
+def test_overwrite_with_a_bad_input_keeps_the_earlier_run(train_world, finished_run, tmp_path, capfd):
+    run_dir = _copy_run(finished_run, tmp_path / "R")
+    before = tree_hash(run_dir)
+    line = run(cli_train.main, train_args(train_world, run_dir, "--no-eval", "--overwrite", "--policy", tmp_path / "nope"),
+               capfd, "train: --overwrite with a missing --policy")
+    assert "no such file or directory" in line and unchanged(run_dir, before)
+
+
+def test_overwrite_that_fails_in_its_first_iteration_restores_the_earlier_run(train_world, finished_run, broken,
+                                                                              tmp_path, capfd):
+    """The inputs pass the checks, then the first iteration fails (a NaN reward): the earlier run,
+    moved aside when the new one started, is put back whole since no new checkpoint was written."""
+    run_dir = _copy_run(finished_run, tmp_path / "R")
+    before = tree_hash(run_dir)
+    line = run(cli_train.main, train_args(train_world, run_dir, "--no-eval", "--overwrite", "--reward-model",
+                                          broken / "nan_reward"), capfd, "train: --overwrite, NaN reward at iteration 0")
+    assert "non-finite scores at iteration 0" in line
+    assert unchanged(run_dir, before) and not list(run_dir.glob(".rajax-old-*"))
+
+
+def test_evaluate_with_a_bad_policy_keeps_the_earlier_evaluation(train_world, tmp_path, capfd):
+    ev = tmp_path / "E"
+    run(cli_evaluate.main, _eval_args(train_world, ev), capfd, "evaluate: an evaluation to keep", code=0)
+    before = tree_hash(ev)
+    line = run(cli_evaluate.main, _eval_args(train_world, ev, policy=tmp_path / "nope"), capfd,
+               "evaluate: a bad --policy into an earlier evaluation's --out")
+    assert "no tokenizer (no such directory)" in line and unchanged(ev, before)
+    assert {"report.md", "metrics.json", "generations.csv"} <= {p.name for p in ev.iterdir()}
+
+
+def test_sft_overwrite_that_diverges_keeps_the_earlier_model(train_world, tmp_path, capfd):
+    out = tmp_path / "sft"
+    run(cli_sft.main, _sft_args(train_world, out), capfd, "sft: a model to keep", code=0)
+    before = tree_hash(out)
+    line = run(cli_sft.main, _sft_args(train_world, out, "--overwrite", "--lr", "1e30"), capfd,
+               "sft: --overwrite --lr 1e30 over an earlier SFT")
+    assert "the SFT loss is" in line and unchanged(out, before)
+
+
+def test_a_users_folder_of_a_run_name_is_found_before_anything_goes(train_world, finished_run, tmp_path, capfd):
+    run_dir = tmp_path / "R"
+    run(cli_train.main, train_args(train_world, run_dir, "--no-eval"), capfd, "train: a run without eval/", code=0)
+    (run_dir / "eval").mkdir()
+    (run_dir / "eval" / "mine.txt").write_text("my notes\n")
+    before = tree_hash(run_dir)
+    line = run(cli_train.main, train_args(train_world, run_dir, "--overwrite"), capfd,
+               "train: --overwrite with a user's eval/")
+    assert "eval is not a rajax run's" in line and unchanged(run_dir, before)
+
+
+@pytest.mark.parametrize("entry", ["../outside.txt", "/ABS", ".", "a/../../outside.txt", "model/../../outside.txt"],
+                         ids=["dotdot", "absolute", "dot", "nested dotdot", "through model"])
+def test_manifest_entries_outside_the_run_are_refused(train_world, finished_run, tmp_path, capfd, entry):
+    run_dir = _copy_run(finished_run, tmp_path / "R")
+    (tmp_path / "outside.txt").write_text("not the run's\n")
+    entry = str(tmp_path / "outside.txt") if entry == "/ABS" else entry
+    m = json.loads((run_dir / ".rajax-run.json").read_text())
+    m["entries"].append(entry)
+    (run_dir / ".rajax-run.json").write_text(json.dumps(m))
+    before = tree_hash(tmp_path)
+    line = run(cli_train.main, train_args(train_world, run_dir, "--no-eval", "--overwrite"), capfd,
+               f"train: --overwrite, manifest entry {entry}")
+    assert f"its entry {entry!r}" in line and "inside the run directory" in line, line
+    assert unchanged(tmp_path, before)
+
+
+def test_user_notes_inside_checkpoints_and_tb_survive_overwrite(train_world, finished_run, tmp_path, capfd):
+    run_dir = _copy_run(finished_run, tmp_path / "R")
+    (run_dir / "checkpoints" / "NOTES.md").write_text("lr sweep: this one was best\n")
+    (run_dir / "tb" / "notes.txt").write_text("see the KL spike\n")
+    m = json.loads((run_dir / ".rajax-run.json").read_text())
+    assert not {"checkpoints", "tb"} & set(m["entries"])  # files, not folders
+    run(cli_train.main, train_args(train_world, run_dir, "--no-eval", "--overwrite", "--seed", "9"), capfd,
+        "train: --overwrite with notes in checkpoints/ and tb/", code=0)
+    assert (run_dir / "checkpoints" / "NOTES.md").read_text() == "lr sweep: this one was best\n"
+    assert (run_dir / "tb" / "notes.txt").read_text() == "see the KL spike\n"
+    assert "seed: 9" in (run_dir / "config.yaml").read_text() and not list(run_dir.glob(".rajax-old-*"))
+    assert Checkpointer(run_dir / "checkpoints").all_steps() == [1, 2]
+
+
+def test_a_symlinked_model_dir_is_never_followed(train_world, finished_run, tmp_path, capfd):
+    run_dir = _copy_run(finished_run, tmp_path / "R")
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(run_dir / "model", elsewhere)  # someone else's files, named like the run's
+    shutil.rmtree(run_dir / "model")
+    (run_dir / "model").symlink_to(elsewhere, target_is_directory=True)
+    before_run, before_else = tree_hash(run_dir), tree_hash(elsewhere)
+    line = run(cli_train.main, train_args(train_world, run_dir, "--no-eval", "--overwrite"), capfd,
+               "train: --overwrite with model/ a symlink elsewhere")
+    assert "symbolic link model" in line
+    assert unchanged(run_dir, before_run) and unchanged(elsewhere, before_else)
+
+
+@pytest.mark.parametrize("kind", ["symlink", "directory"])
+def test_a_lock_that_is_not_a_plain_file_is_refused_unchanged(train_world, finished_run, tmp_path, capfd, kind):
+    run_dir = _copy_run(finished_run, tmp_path / "R")
+    lock = run_dir / ".rajax-run.lock"
+    lock.unlink()
+    target = tmp_path / "precious.txt"
+    target.write_text("a user's file that a followed lock would truncate\n")
+    if kind == "symlink":
+        lock.symlink_to(target)
+    else:
+        lock.mkdir()
+    before = tree_hash(tmp_path)
+    for argv, what in [(train_args(train_world, run_dir, "--no-eval", "--overwrite"), "--overwrite"),
+                       (["--resume", run_dir, "--quiet", "--no-eval"], "--resume")]:
+        line = run(cli_train.main, argv, capfd, f"train: {what}, the lock is a {kind}")
+        assert "its lock .rajax-run.lock is" in line, line
+        assert unchanged(tmp_path, before)
+
+
+def test_a_refused_run_leaves_the_lock_file_as_it_was(train_world, finished_run, tmp_path, capfd):
+    run_dir = _copy_run(finished_run, tmp_path / "R")
+    (run_dir / ".rajax-run.lock").write_text("12345\n")  # the pid an earlier run left there
+    before = tree_hash(run_dir)
+    run(cli_train.main, train_args(train_world, run_dir, "--no-eval"), capfd, "train: refused (not empty), lock kept")
+    run(cli_train.main, train_args(train_world, run_dir, "--no-eval", "--overwrite", "--alpha", "7"), capfd,
+        "train: refused (bad alpha), lock kept")
+    assert unchanged(run_dir, before)
+
+
+@pytest.mark.parametrize("content", ['"x"', "[1, 2]", "{not json", '{"entries": "model"}', '{"entries": [3]}',
+                                     '{"kind": 5, "entries": []}'],
+                         ids=["string", "list", "not json", "entries a string", "entry a number", "kind a number"])
+def test_a_damaged_manifest_is_one_line(train_world, finished_run, tmp_path, capfd, content):
+    run_dir = _copy_run(finished_run, tmp_path / "R")
+    (run_dir / ".rajax-run.json").write_text(content)
+    before = tree_hash(run_dir)
+    for argv, what in [(train_args(train_world, run_dir, "--no-eval", "--overwrite"), "--overwrite"),
+                       (["--resume", run_dir, "--quiet"], "--resume")]:
+        line = run(cli_train.main, argv, capfd, f"train: {what}, manifest {content}")
+        assert "manifest .rajax-run.json" in line and ("damaged" in line or "is not a path" in line), line
+        assert unchanged(run_dir, before)
+
+
+PARSE_CASES = [
+    ("--set list not closed", ["--set", "eval.cvar_alphas=[0.1"], "eval.cvar_alphas: '[0.1' is not a valid value"),
+    ("--seed -1", ["--seed", "-1"], "train.seed: -1 is out of range; give an integer in [0, 4294967295]"),
+    ("--seed past 2**64", ["--seed", str(2**64 + 1)], "train.seed: 18446744073709551617 is out of range"),
+    ("--seed past 2**32", ["--seed", str(2**32)], "train.seed: 4294967296 is out of range"),
+    ("--lr inf", ["--lr", "inf"], "ppo.learning_rate: inf is not a finite number"),
+    ("a flag without its value", ["--iterations"], "--iterations: expected one argument"),
+]
+
+
+@pytest.mark.parametrize("case,extra,needle", PARSE_CASES, ids=[c[0] for c in PARSE_CASES])
+def test_parsing_mistakes_are_one_line(train_world, finished_run, tmp_path, capfd, case, extra, needle):
+    run_dir = _copy_run(finished_run, tmp_path / "R")
+    before = tree_hash(tmp_path)
+    argv = [str(a) for a in train_args(train_world, run_dir, "--overwrite")] + extra
+    try:
+        rc = cli_train.main(argv)
+    except SystemExit as e:  # argparse's own checks end the process, as they do from the shell
+        rc = e.code
+    out, err = capfd.readouterr()
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 2 and "Traceback" not in err and len(lines) == 1 and lines[0].startswith("rajax: error: "), err
+    assert needle in lines[0], lines[0]
+    TABLE.append((f"train: {case}", rc, lines[0]))
+    assert unchanged(tmp_path, before)
+
+
+def test_a_duplicate_yaml_key_is_refused(train_world, tmp_path, capfd):
+    cfg = tmp_path / "my.yaml"
+    cfg.write_text("risk:\n  alpha: 0.4\n  n: 0\n  alpha: 0.3\n")
+    before = tree_hash(tmp_path)
+    line = run(cli_train.main, train_args(train_world, tmp_path / "run", "--config", cfg), capfd,
+               "train: --config with a duplicate key")
+    assert "duplicate key 'alpha' (line 2 and line 4)" in line and unchanged(tmp_path, before)
+
+
+def test_a_corrupt_study_plan_is_one_line(tmp_path, capfd):
+    out = tmp_path / "s"
+    out.mkdir()
+    (out / "study-plan.json").write_text('{"task": "synthetic", "seeds": [0, 1')
+    before = tree_hash(out)
+    line = run(cli_study.main, ["--out", out, "--seeds", "0", "--alphas", "0.2"], capfd, "study: corrupt study-plan.json")
+    assert "study-plan.json is damaged" in line and unchanged(out, before)
+    (out / "study-plan.json").write_text('"x"')
+    line = run(cli_study.main, ["--out", out, "--seeds", "0", "--alphas", "0.2"], capfd, 'study: study-plan.json "x"')
+    assert "not a study plan" in line
+    line = run(cli_study.main, ["--out", tmp_path / "t", "--seeds", "-1", "--alphas", "0.2"], capfd, "study: --seeds -1")
+    assert "--seeds must be integers in [0, 4294967295]" in line and not (tmp_path / "t").exists()
+
+
+def _damage_newest(run_dir: pathlib.Path) -> int:
+    newest = Checkpointer(run_dir / "checkpoints").latest_step()
+    d = run_dir / "checkpoints" / str(newest)
+    data = sorted((p for p in d.rglob("*") if p.is_file() and p.stat().st_size > 200), key=lambda p: -p.stat().st_size)[0]
+    data.write_bytes(data.read_bytes()[:64])
+    return newest
+
+
+def test_export_and_evaluate_fall_back_past_a_damaged_newest_checkpoint(train_world, finished_run, tmp_path, capfd):
+    from rajax.cli import export as cli_export
+
+    run_dir = _copy_run(finished_run, tmp_path / "R")
+    newest = _damage_newest(run_dir)
+    before = tree_hash(run_dir)
+    rc = cli_export.main([str(run_dir), str(tmp_path / "exp")])
+    o, err = capfd.readouterr()
+    assert rc == 0 and "Traceback" not in o + err, err[-2000:]
+    note = [ln for ln in o.splitlines() if "unreadable" in ln]
+    assert len(note) == 1 and f"checkpoint {newest}" in note[0] and f"using checkpoint {newest - 1}" in note[0], o
+    assert f"exported {run_dir / 'checkpoints' / str(newest - 1)}" in o
+    TABLE.append(("export: damaged newest checkpoint", rc, note[0]))
+    assert (tmp_path / "exp" / "model.safetensors").is_file() and unchanged(run_dir, before)
+    step = run_dir / "checkpoints" / str(newest)
+    rc = cli_evaluate.main([str(a) for a in _eval_args(train_world, tmp_path / "ev", policy=step)])
+    o, err = capfd.readouterr()
+    assert rc == 0 and "Traceback" not in o + err, err[-2000:]
+    note = [ln for ln in err.splitlines() if "unreadable" in ln]
+    assert len(note) == 1 and f"using checkpoint {newest - 1}" in note[0], err
+    TABLE.append(("evaluate: --policy RUN/checkpoints/N, N damaged", rc, note[0]))
+    assert unchanged(run_dir, before)
+
+
+def test_a_failed_resume_never_renames_an_intact_checkpoint(train_world, finished_run, tmp_path, capfd):
+    run_dir = _copy_run(finished_run, tmp_path / "R")
+    cfg = run_dir / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("max_grad_norm: null", "max_grad_norm: 1.0"))  # another optimizer state
+    before = tree_hash(run_dir)
+    line = run(cli_train.main, ["--resume", run_dir, "--quiet", "--no-eval"], capfd,
+               "train: --resume whose checkpoint does not fit the config")
+    assert "is intact but does not fit" in line and "nothing was moved" in line
+    assert unchanged(run_dir, before) and not list((run_dir / "checkpoints").glob("*.unreadable"))
+    # Every checkpoint unreadable and moved aside by an earlier resume: the next one refuses, it
+    # never starts again at 0 over metrics.jsonl.
+    for d in [p for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()]:
+        d.rename(d.with_name(f"{d.name}.unreadable"))
+    cfg.write_text(cfg.read_text().replace("max_grad_norm: 1.0", "max_grad_norm: null"))
+    before = tree_hash(run_dir)
+    line = run(cli_train.main, ["--resume", run_dir, "--quiet", "--no-eval"], capfd,
+               "train: --resume with only unreadable checkpoints")
+    assert "has no readable checkpoint left" in line and unchanged(run_dir, before)
+
+
+def test_a_refused_export_leaves_no_file(finished_run, tmp_path, capfd):
+    from rajax.cli import export as cli_export
+
+    out = tmp_path / "exp"
+    out.mkdir()
+    (out / "config.json").write_text("{}\n")  # a user's file of a name the export writes
+    before = tree_hash(tmp_path)
+    line = run(cli_export.main, [finished_run, out], capfd, "export: OUT not empty")
+    assert "is not empty" in line and unchanged(tmp_path, before)
+    line = run(cli_export.main, [finished_run, out, "--overwrite"], capfd, "export: --overwrite over a user's config.json")
+    assert "config.json is not this run's" in line and unchanged(tmp_path, before)
+    line = run(cli_export.main, [tmp_path / "nothing", tmp_path / "exp2"], capfd, "export: no such run")
+    assert "neither a run directory" in line and unchanged(tmp_path, before)
+
+
+def test_stale_temp_dirs_of_a_killed_run_are_removed(train_world, finished_run, tmp_path, capfd):
+    run_dir = _copy_run(finished_run, tmp_path / "R")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()  # a pid that has exited
+    for name in (f".model.tmp-{dead}", f".eval.tmp-{dead}"):
+        (run_dir / name).mkdir()
+        (run_dir / name / "model.safetensors").write_bytes(b"half a file")
+    alive = run_dir / f".eval.tmp-{os.getppid()}"  # a live process's (not ours): never touched
+    alive.mkdir()
+    run(cli_train.main, ["--resume", run_dir, "--quiet", "--no-eval", "--iterations", "2"], capfd,
+        "train: --resume removes a killed run's temp dirs", code=0)
+    assert not (run_dir / f".model.tmp-{dead}").exists() and not (run_dir / f".eval.tmp-{dead}").exists()
+    assert alive.is_dir()
+
+
+@pytest.mark.parametrize("moment", ["start-up", "end-of-training evaluation"])
+def test_sigterm_at_any_moment_stops_with_one_line(train_world, tmp_path, moment):
+    """Outside the training loop (which finishes its iteration and checkpoints) SIGTERM stops the
+    command where it is: exit 143, one line, no traceback, no temporary directory left."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "rajax", "train", *map(str, train_args(train_world, out))],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if moment == "start-up":
+        time.sleep(1.5)  # importing the libraries (past the interpreter's own start, where no handler can be yet)
+    else:
+        deadline = time.time() + 240
+        while not list(out.glob(".eval.tmp-*")) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before its evaluation started"
+    t = time.time()
+    proc.send_signal(signal.SIGTERM)
+    o, e = proc.communicate(timeout=120)
+    took = time.time() - t
+    lines = [ln for ln in e.splitlines() if ln.strip()]
+    assert proc.returncode == 143 and "Traceback" not in o + e, e[-2000:]
+    assert lines[-1].startswith("rajax: error: interrupted by SIGTERM") and took < 30, (lines[-1:], took)
+    assert not list(out.glob(".*.tmp-*")) if out.exists() else True
+    TABLE.append((f"train: SIGTERM during {moment}", proc.returncode, lines[-1]))
+
+
+def test_sigterm_ends_a_long_call_into_c_code():
+    """Python runs signal handlers between bytecodes, never inside one long C call such as an XLA
+    compile; the watchdog, told through the wakeup fd, ends the process after the grace period."""
+    code = ("import hashlib, signal, sys\n"
+            "from rajax.core.errors import raise_interrupted, watch_signals\n"
+            "signal.signal(signal.SIGTERM, raise_interrupted)\n"
+            "watch_signals()\n"
+            "print('ready', flush=True)\n"
+            "try:\n"
+            "    hashlib.pbkdf2_hmac('sha256', b'x', b'y', 2**31 - 1)  # minutes in C, no bytecode\n"
+            "    print('the call returned', flush=True)\n"
+            "except KeyboardInterrupt:  # the signal came before the call began: the handler's own way out\n"
+            "    print('rajax: error: interrupted by SIGTERM; stopped', file=sys.stderr)\n"
+            "    raise SystemExit(143)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "RAJAX_STOP_GRACE_S": "2"})
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.5)  # inside the C call by now
+    t = time.time()
+    proc.send_signal(signal.SIGTERM)
+    o, e = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and time.time() - t < 20 and "returned" not in o, (proc.returncode, o, e)
+    assert e.strip().splitlines()[-1] == "rajax: error: interrupted by SIGTERM; stopped" and "Traceback" not in e
+    TABLE.append(("SIGTERM inside a long C call (as an XLA compile)", proc.returncode, e.strip().splitlines()[-1]))

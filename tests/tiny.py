@@ -1,7 +1,9 @@
 """Shared test helpers: tiny tokenizers and tiny BERT/DistilBERT checkpoints, built offline with
 torch + ``save_pretrained`` (no hub access)."""
 import csv
+import hashlib
 import os
+import pathlib
 import shutil
 
 import numpy as np
@@ -294,3 +296,51 @@ def _wandb_log_records(path):
             out.append(r)
             buf = b""
     return out
+
+
+# Tree hashes (tests/test_faults.py, tests/test_fuzz.py): what a command must leave alone.
+class TreeHash(str):
+    """The hash of a tree (``tree_hash``); compared with another, a failure lists the paths that differ."""
+
+    def __new__(cls, listing: dict):
+        h = hashlib.sha256()
+        for k in sorted(listing):
+            h.update(k.encode() + b"\0" + listing[k] + b"\0")
+        obj = super().__new__(cls, h.hexdigest()[:16])
+        obj.listing = listing
+        return obj
+
+    def __eq__(self, other):
+        return str.__eq__(self, other)
+
+    __hash__ = str.__hash__
+
+    def diff(self, other) -> list[str]:
+        a, b = self.listing, other.listing
+        return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def tree_hash(root: pathlib.Path) -> TreeHash:
+    """One hash of everything under ``root``, links not followed: names, kinds, bytes, link targets
+    and the files' modes (a lock file counts, and so does an empty directory)."""
+    root = pathlib.Path(root)
+    listing = {}
+    if os.path.lexists(root):
+        for d, dirs, files in os.walk(root, followlinks=False):
+            for name in dirs + files:
+                p = pathlib.Path(d) / name
+                rel = str(p.relative_to(root))
+                if p.is_symlink():
+                    listing[rel] = b"L " + os.readlink(p).encode()
+                elif p.is_dir():
+                    listing[rel] = b"D"
+                else:
+                    listing[rel] = f"F {p.stat().st_mode:o} ".encode() + p.read_bytes()
+    return TreeHash(listing)
+
+
+def unchanged(root: pathlib.Path, before: TreeHash) -> bool:
+    """``root`` hashes as ``before`` did; otherwise fail naming the paths that changed."""
+    after = tree_hash(root)
+    assert after == before, (f"tree hash {before} -> {after}", before.diff(after))
+    return True

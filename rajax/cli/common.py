@@ -6,14 +6,16 @@ on stderr and exit status 2. Any other exception is a bug and keeps its tracebac
 """
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
+import threading
 from typing import Callable
 
 import jax
 
 from rajax import __version__
-from rajax.core.errors import InvalidInput, UserError, one_line
+from rajax.core.errors import InvalidInput, UserError, interrupt_handled, one_line, raise_interrupted
 
 REPORT_TARGETS = ("tensorboard", "wandb", "none")
 
@@ -25,16 +27,35 @@ def error_line(message: str) -> None:
     print(f"rajax: error: {message}", file=sys.stderr, flush=True)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the commands' one-line errors: a bad flag is ``rajax: error: ...`` and exit 2
+    (argparse's own form is a usage block and ``prog: error:``)."""
+
+    def error(self, message: str):
+        error_line(f"{' '.join(str(message).split())} (see {self.prog} --help)")
+        raise SystemExit(EXIT_USAGE)
+
+
 def guard(body: Callable[[], int]) -> int:
-    """Run ``body`` and return its exit status; a user error is one line and status 2."""
+    """Run ``body`` and return its exit status; a user error is one line and status 2. SIGTERM stops
+    the command wherever it is, as Ctrl-C does (start-up, compiling, the final export or evaluation;
+    the training loop installs its own handler that finishes the iteration and checkpoints)."""
+    old = None
+    if threading.current_thread() is threading.main_thread():
+        old = signal.signal(signal.SIGTERM, raise_interrupted)
     try:
         return body()
     except UserError as e:
         error_line(one_line(e))
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        error_line("interrupted")
-        return EXIT_SIGNAL[signal.SIGINT]
+    except KeyboardInterrupt as e:
+        interrupt_handled()
+        signum = getattr(e, "signum", signal.SIGINT)
+        error_line(f"interrupted by {signal.Signals(signum).name}; stopped before the command finished")
+        return exit_code_for(signum)
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
 
 
 def exit_code_for(signum) -> int:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 
 from rajax import config as config_lib
@@ -36,7 +38,7 @@ EVAL_ALIASES = {k: v for k, v in options.ALIASES.items() if k != "--policy"}  # 
 
 def _parser(argv=()):
     preset = options.preset_for(list(argv))
-    p = argparse.ArgumentParser(prog="rajax evaluate", allow_abbrev=False,
+    p = common.Parser(prog="rajax evaluate", allow_abbrev=False,
                                 description="Evaluate policies as in the paper: rewards, tail, CVaR, R̄, perplexity, "
                                             "figures and a report. Values: preset < --config < --set < flags.")
     p.add_argument("--task", required=True, help=f"{' | '.join(config_lib.list_presets())}, or a config YAML")
@@ -70,14 +72,18 @@ def _main(args) -> int:
     out = pathlib.Path(args.out or f"runs/eval-{cfg.task}")
     key = None  # the sampling key follows train.seed (--seed)
     # The output directory owns what it wrote: a re-run replaces its own files, never a user's.
-    run = RunDir.create(out, cfg_text=config_lib.dump_yaml(cfg), seed=cfg.train.seed, overwrite=True,
-                        entries=report.FILES, kind="evaluate")
+    # Validate, then act: --out is checked now, and the evaluation is written to a temporary
+    # directory elsewhere; only a finished evaluation takes --out (lock, the earlier files, the new).
+    plan = RunDir.prepare(out, overwrite=True, entries=report.FILES, kind="evaluate")
     got = {}
-    try:
-        run.publish(lambda d: got.update(m=evaluate(cfg, policies, d, key=key, progress=not args.no_progress,
-                                                     ref=args.ref, check_finite=False)))
-    finally:
-        run.close()
+    with tempfile.TemporaryDirectory(prefix="rajax-eval-") as tmp:
+        got["m"] = evaluate(cfg, policies, tmp, key=key, progress=not args.no_progress, ref=args.ref,
+                            check_finite=False)
+        run = plan.take(cfg_text=config_lib.dump_yaml(cfg), seed=cfg.train.seed)
+        try:
+            run.publish(lambda d: [shutil.copy2(f, d) for f in sorted(pathlib.Path(tmp).iterdir()) if f.is_file()])
+        finally:
+            run.close()
     print(evaluation.metrics_table(got["m"]))
     print(f"wrote {out / 'report.md'}", file=sys.stderr)
     evaluation.check_finite(got["m"], where=out)

@@ -21,7 +21,7 @@ from rajax.io.tokenizer import load_tokenizer
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="rajax export", description=__doc__.split("\n")[0])
+    p = common.Parser(prog="rajax export", description=__doc__.split("\n")[0])
     p.add_argument("source", help="RUN/checkpoints/STEP, or a run directory (its newest checkpoint)")
     p.add_argument("out", help="the model directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export's files in a non-empty OUT")
@@ -30,14 +30,16 @@ def main(argv=None) -> int:
 
 
 def _main(args) -> int:
+    # Validate, then act: the source is read and checked and OUT is checked before OUT is created,
+    # locked or changed; a refused export leaves no file behind (no lock, no manifest).
     step = export.checkpoint_of(args.source)
-    cfg, params = export.policy_from_checkpoint(step, what="source")
+    cfg, params, step = export.policy_from_checkpoint(step, what="source", log=print, with_step=True)
     if not bool(parallel.all_finite(params)):
         raise NonFinite(f"{step}: the checkpoint's parameters are non-finite; nothing was exported")
     tok_src = export.tokenizer_source(step)
     tok = load_tokenizer(tok_src, what="the run's tokenizer") if tok_src else None
-    run = RunDir.create(args.out, cfg_text=str(step), seed=0, overwrite=args.overwrite, entries=(), kind="export",
-                        flag="OUT")
+    plan = RunDir.prepare(args.out, overwrite=args.overwrite, entries=(), kind="export", flag="OUT")
+    run = plan.take(cfg_text=str(step), seed=0)
     try:
         source = (export.run_config(step).get("model") or {}).get("policy")  # ids the tokenizer lacks
         run.publish(lambda d: hf.save(d, cfg, params, tokenizer=tok, source=source))
@@ -45,7 +47,6 @@ def _main(args) -> int:
         run.close()
     print(f"exported {step} ({cfg.describe()}) to {args.out}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

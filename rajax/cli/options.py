@@ -173,15 +173,22 @@ def check_choices(over: list[str]) -> None:
             raise InvalidInput(f"{k}={v!r} is not valid; choose one of {', '.join(allowed[k])}{extra}")
 
 
+class _QuietParser(argparse.ArgumentParser):
+    """The first pass of two-phase parsing: a flag it cannot read is left to the real parse to report."""
+
+    def error(self, message):
+        raise ValueError(message)
+
+
 def preset_for(argv, *, default_task: str | None = None):
     """The config whose values the help shows: ``--resume DIR``'s saved one, or ``--task`` (default:
     ``default_task``) with ``--config``, without the other flags (they may not parse yet)."""
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = _QuietParser(add_help=False)
     pre.add_argument("--task")
     pre.add_argument("--config")
     pre.add_argument("--resume")
-    known, _ = pre.parse_known_args(argv)
     try:
+        known, _ = pre.parse_known_args(argv)
         if known.resume:
             return config_lib.load_config(f"{known.resume}/config.yaml", check=False)
         return config_lib.load_config(known.task or default_task or tasks.default_preset(), known.config,

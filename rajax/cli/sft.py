@@ -55,7 +55,8 @@ def run_sft(
               (epochs >= 1, f"--epochs {epochs} must be >= 1"), (micro_batch >= 1, f"--micro-batch {micro_batch} must be >= 1"),
               (batch >= micro_batch and batch % micro_batch == 0,
                f"--batch ({batch}) must be a positive multiple of --micro-batch ({micro_batch})"),
-              (max_tokens >= 2, f"--max-tokens {max_tokens} must be >= 2")]
+              (max_tokens >= 2, f"--max-tokens {max_tokens} must be >= 2"),
+              (0 <= seed <= config_lib.SEED_LIMIT, f"--seed {seed} must be an integer in [0, {config_lib.SEED_LIMIT}]")]
     for ok, msg in checks:
         if not ok:
             raise InvalidInput(msg)
@@ -68,6 +69,9 @@ def run_sft(
         cfg = config_lib.load_config(task, None, ovr)
     else:
         cfg = config_lib.load_config(task, None, ovr) if ovr else task
+    # Validate, then act: --out is checked before anything loads, and taken (locked, an earlier
+    # SFT's files replaced) only once the new model is trained and finite.
+    plan = RunDir.prepare(out, overwrite=overwrite, entries=(), kind="sft", flag="--out")
     cfg, task = tasks.prepare(cfg, require=(), progress=progress, check_hub=False)
     policy = cfg.model.policy
     tok_name = cfg.model.tokenizer or policy
@@ -81,8 +85,6 @@ def run_sft(
     check_fits(tokenizer, mcfg.vocab_size, tokenizer_name=tok_name, model_name=policy)
     if not bool(parallel.all_finite(params)):
         raise NonFinite(f"--policy {policy} has non-finite parameters")
-    run = RunDir.create(out, cfg_text=config_lib.dump_yaml(cfg), seed=seed, overwrite=overwrite, entries=(),
-                        kind="sft")
     if ids.shape[1] > mcfg.context_length:
         raise InvalidInput(f"--max-tokens {max_tokens} exceeds the model's context of {mcfg.context_length}")
     print(f"sft: {len(ids)} texts, <= {ids.shape[1]} tokens, {epochs} epochs, effective batch {batch} "
@@ -90,12 +92,13 @@ def run_sft(
           f"{epochs * steps_per_epoch(len(ids), micro_batch, batch // micro_batch)} optimizer steps, "
           f"{jax.device_count()} device(s)", file=sys.stderr)
     t0 = time.time()
+    params = train_lm(mcfg, params, ids, attn, epochs=epochs, lr=lr, micro_batch=micro_batch,
+                      grad_accum=batch // micro_batch, seed=seed, dropout=getattr(mcfg, "dropout", 0.0) > 0,
+                      progress=progress, log_fn=log_fn, label_mask=labels)
+    if not bool(parallel.all_finite(params)):
+        raise NonFinite("the SFT parameters are non-finite; nothing was saved; lower the learning rate")
+    run = plan.take(cfg_text=config_lib.dump_yaml(cfg), seed=seed)
     try:
-        params = train_lm(mcfg, params, ids, attn, epochs=epochs, lr=lr, micro_batch=micro_batch,
-                          grad_accum=batch // micro_batch, seed=seed, dropout=getattr(mcfg, "dropout", 0.0) > 0,
-                          progress=progress, log_fn=log_fn, label_mask=labels)
-        if not bool(parallel.all_finite(params)):
-            raise NonFinite("the SFT parameters are non-finite; nothing was saved; lower the learning rate")
         run.publish(lambda d: hf.save(d, mcfg, params, tokenizer=tokenizer, value_head="initial", source=policy))
     finally:
         run.close()
@@ -109,7 +112,7 @@ SFT_ALIASES = {k: v for k, v in options.ALIASES.items() if k not in ("--lr", "--
 
 def _parser(argv=()):
     preset = options.preset_for(list(argv))
-    p = argparse.ArgumentParser(prog="rajax sft", allow_abbrev=False,
+    p = common.Parser(prog="rajax sft", allow_abbrev=False,
                                 description="Supervised fine-tuning of a causal LM on a task's texts (the paper's "
                                             "SFT step); saves an HF-format checkpoint.")
     p.add_argument("--task", required=True, help=f"{' | '.join(config_lib.list_presets())}, or a config YAML")

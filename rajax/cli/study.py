@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import json
 import math
+import os
 import pathlib
 import sys
 import time
@@ -28,7 +29,7 @@ import yaml
 from rajax import __version__, study, tasks
 from rajax import config as config_lib
 from rajax.cli import common, train
-from rajax.core.errors import InvalidInput, train_command
+from rajax.core.errors import InvalidInput, one_line, train_command
 
 # bin/train flags that would give the arms different settings (or clash with the study's own).
 ARM_FLAGS = ("--alpha", "--risk", "--seed", "--out", "--resume", "--overwrite", "--task")
@@ -53,7 +54,7 @@ def check_train_args(train_args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="bin/study", description=__doc__.split("\n")[0],
+    ap = common.Parser(prog="rajax study", description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="ablations:\n" + "\n".join(f"  {k:16s} {a.about}"
                                                                    for k, a in study.ABLATIONS.items()))
@@ -89,12 +90,39 @@ def _alphas(args) -> list[float]:
     return [a]
 
 
+def read_plan(f: pathlib.Path) -> dict:
+    """The study's saved plan; a damaged one is refused in one line (never rewritten: it is the record
+    of which runs belong to the study)."""
+    try:
+        old = json.loads(f.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as e:
+        raise InvalidInput(f"{f} is damaged ({one_line(e)[:80]}); restore it, or use another --out") from None
+    if not isinstance(old, dict):
+        raise InvalidInput(f"{f} is damaged (not a study plan); restore it, or use another --out")
+    return old
+
+
+def _read_times(tf: pathlib.Path) -> dict[str, float]:
+    """Seconds of each finished run (``runs.jsonl``); a line cut by a kill, or damaged, is skipped: the
+    times only feed the estimate of what is left."""
+    times = {}
+    for line in tf.read_bytes().decode("utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+            times[str(rec["run"])] = float(rec["seconds"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return times
+
+
 def _open_out(out: pathlib.Path, plan_record: dict):
     """Create or reopen the study directory: its plan must match this command's, and one study at a
     time may use it (an fcntl lock, released when the process ends)."""
     f = out / PLAN_FILE
+    if out.exists() and not out.is_dir():
+        raise InvalidInput(f"--out {out} is a file; choose a directory for the study")
     if f.is_file():
-        old = json.loads(f.read_text())
+        old = read_plan(f)
         diff = [k for k in plan_record if k != "rajax_version" and old.get(k) != plan_record[k]]
         if diff:
             raise InvalidInput(f"--out {out} holds a study with other {', '.join(diff)} ({old.get(diff[0])!r}); "
@@ -102,7 +130,11 @@ def _open_out(out: pathlib.Path, plan_record: dict):
     elif out.exists() and any(out.iterdir()):
         raise InvalidInput(f"--out {out} is not empty and holds no study; use another --out")
     out.mkdir(parents=True, exist_ok=True)
-    lock = open(out / ".study.lock", "w")
+    try:  # never through a link, never truncated: the lock's bytes are not ours to change
+        lock = os.fdopen(os.open(out / ".study.lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644), "w")
+    except OSError as e:
+        raise InvalidInput(f"--out {out}: cannot open its lock .study.lock ({e.strerror}); remove it or use "
+                           "another --out") from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -171,6 +203,11 @@ def _main(args) -> int:
             print(f"{r.key}: {train_command()} {' '.join(_argv(args, r, out / r.setting / f'{r.arm}-s{r.seed}'))}")
         print(f"{len(runs)} runs; expected duration: {_minutes(_estimate(args.task, runs, {}))}")
         return 0
+    # Validate, then act: the first run's bin/train arguments must parse into a valid config before
+    # the study's directory is created (a bad flag after -- would otherwise fail every run).
+    first = _argv(args, runs[0], out / runs[0].setting / f"{runs[0].arm}-s{runs[0].seed}")
+    if "--resume" not in first:
+        train.config_from_args(train.build_parser(first).parse_args(first))
     lock = _open_out(out, record)
     try:
         return _run_all(args, runs, alphas, out)
@@ -179,12 +216,8 @@ def _main(args) -> int:
 
 
 def _run_all(args, runs, alphas, out: pathlib.Path) -> int:
-    times: dict[str, float] = {}
     tf = out / TIMES_FILE
-    if tf.is_file():
-        for line in tf.read_text().splitlines():
-            rec = json.loads(line)
-            times[rec["run"]] = rec["seconds"]
+    times = _read_times(tf) if tf.is_file() else {}
     todo = [r for r in runs if not _done(out / r.setting / f"{r.arm}-s{r.seed}")]
     done_before = len(runs) - len(todo)
     print(f"study: {len(runs)} runs ({len(args.seeds)} seeds; RLHF and α {', '.join(f'{a:g}' for a in alphas)}; "

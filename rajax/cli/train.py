@@ -27,7 +27,7 @@ TRAIN_ALIASES = options.ALIASES  # every short flag applies to training
 def build_parser(argv=None) -> argparse.ArgumentParser:
     """The parser, with one flag per config key whose help shows the selected preset's values."""
     preset = options.preset_for(argv or [])
-    p = argparse.ArgumentParser(
+    p = common.Parser(
         prog="rajax train", allow_abbrev=False,
         description="RA-RLHF / RLHF fine-tuning of a causal LM (rajax). Values: preset < --config < --set < flags.")
     p.add_argument("--task", default=None,
@@ -127,23 +127,25 @@ def _main(args) -> int:
         print(config_lib.dump_yaml(cfg), end="")
         return 0
     tracking.check_targets(report_to)  # before the run directory is made and anything is loaded
+    # Validate, then act: the run directory is checked first (a second process, a non-empty --out),
+    # and it is created, locked or cleared only after the config, models and data have loaded
+    # (inside Trainer), so a refused command leaves every file as it was.
     if args.resume:
         out = pathlib.Path(args.resume)
-        run = RunDir.open(out) if lead else None  # first: the lock stops a second process before anything
-        try:
-            cfg = _resume_config(args, out, log)
-        except BaseException:
-            if run is not None:
-                run.close()
-            raise
+        if lead:
+            RunDir.prepare(out, resume=True)
+        cfg = _resume_config(args, out, log)
     else:
         cfg = config_from_args(args)
         out = pathlib.Path(args.out or f"runs/{cfg.task}-a{cfg.risk.alpha:g}-s{cfg.train.seed}")
-        run = RunDir.create(out, cfg_text=config_lib.dump_yaml(cfg), seed=cfg.train.seed,
-                            overwrite=args.overwrite) if lead else None
+        if lead:
+            RunDir.prepare(out, overwrite=args.overwrite)
+    run = None
     try:
         log(common.runtime_line())
-        trainer = Trainer(cfg, out, run=run, progress=not args.quiet, log=log, report_to=report_to)
+        trainer = Trainer(cfg, out, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.quiet,
+                          log=log, report_to=report_to)
+        run = trainer.run_dir
         if lead:  # the trainer wrote config.yaml
             print("\n".join(_summary_lines(trainer, out)), flush=True)
             if args.verbose:

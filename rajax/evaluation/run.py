@@ -8,6 +8,7 @@ score is the reward model on the prompt alone. Per policy: mean reward, tail, CV
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -29,7 +30,9 @@ from rajax.io.tokenizer import check_fits, load_tokenizer
 
 def _load_policy(spec, name: str, dtype: str | None = None):
     if isinstance(spec, (str, os.PathLike)) and export.is_checkpoint(spec):
-        mcfg, params = export.policy_from_checkpoint(spec, what=f"--policy {name}")
+        # A damaged newest step falls back to the newest readable one, as --resume does, and says so.
+        mcfg, params = export.policy_from_checkpoint(spec, what=f"--policy {name}",
+                                                     log=lambda m: print(f"note: {m}", file=sys.stderr, flush=True))
         mcfg = mcfg.replace(dtype=dtype) if dtype else mcfg
     elif isinstance(spec, (str, os.PathLike)):
         mcfg, params = hf.load(str(spec), dtype=dtype or "float32", what=f"--policy {name}")

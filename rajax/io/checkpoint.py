@@ -9,7 +9,10 @@ step into a temporary directory and renames it on success; on top of that:
   failure are kept out of the user's terminal (the error line says what happened);
 * ``restore`` verifies the newest step by reading it; if it is unreadable or inconsistent it says so
   in one line, moves it aside as ``<step>.unreadable`` (kept, never deleted, and no longer a step
-  that keep-last-k could count) and restores the newest intact step instead.
+  that keep-last-k could count) and restores the newest intact step instead. A step that reads as
+  saved but does not fit the run's structure is intact: it is refused in one line, never moved;
+* ``restore_raw_newest`` is the read-only fallback of export and evaluate: it skips an unreadable
+  step with a notice and moves nothing.
 """
 from __future__ import annotations
 
@@ -185,7 +188,16 @@ class Checkpointer:
         for s in reversed(steps):
             try:
                 return self._restore_step(like, s)
-            except Exception as e:  # noqa: BLE001 - any failure to read a step is a damaged step
+            except Exception as e:  # noqa: BLE001 - a step that cannot be read as saved is damaged
+                try:
+                    self.restore_raw(s)
+                except Exception:  # noqa: BLE001 - unreadable as saved: damaged
+                    pass
+                else:  # readable as saved: the step is intact and must not be moved aside
+                    raise CheckpointError(
+                        f"checkpoint {s} in {self.directory} is intact but does not fit this run's model and "
+                        f"optimizer ({type(e).__name__}: {one_line(e)[:100]}); nothing was moved; resume with the "
+                        "settings the run was started with") from None
                 older = [x for x in steps if x < s]
                 aside = self.directory / f"{s}.unreadable"
                 shutil.move(str(self.directory / str(s)), str(aside))
@@ -203,6 +215,24 @@ class Checkpointer:
             r = self._mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
                                                                  meta=ocp.args.JsonRestore()))
         return _int_keys(r.state), dict(r.meta)
+
+    def restore_raw_newest(self, upto: int | None = None, log: Callable[[str], None] | None = None):
+        """The newest readable step at or below ``upto``, as saved: ``(step, state, meta)``. A read-only
+        fallback (export, evaluate): an unreadable step is reported through ``log`` and left in place."""
+        steps = [s for s in self.all_steps() if upto is None or s <= upto]
+        if not steps:
+            raise MissingInput(f"no checkpoint in {self.directory}")
+        for s in reversed(steps):
+            try:
+                state, meta = self.restore_raw(s)
+            except Exception as e:  # noqa: BLE001 - any failure to read a step is a damaged step
+                older = [x for x in steps if x < s]
+                (log or self.log)(f"checkpoint {s} in {self.directory} is unreadable ({type(e).__name__}: "
+                                  f"{one_line(e)[:100]}); "
+                                  + (f"using checkpoint {older[-1]} instead" if older else "no older checkpoint"))
+                continue
+            return s, state, meta
+        raise CheckpointError(f"no readable checkpoint in {self.directory}; start a new run or restore one by hand")
 
     def read_meta(self, step: int | None = None) -> dict:
         step = self.latest_step() if step is None else step

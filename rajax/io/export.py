@@ -11,7 +11,7 @@ import pathlib
 
 import yaml
 
-from rajax.core.errors import InvalidInput, MissingInput
+from rajax.core.errors import CheckpointError, InvalidInput, MissingInput, one_line
 from rajax.core.ppo import with_frozen
 from rajax.io import hf, hub
 from rajax.io.checkpoint import Checkpointer
@@ -38,15 +38,48 @@ def checkpoint_of(source) -> pathlib.Path:
 def run_config(step_dir: pathlib.Path) -> dict:
     """The run's ``config.yaml`` (beside ``checkpoints/``) as a dict, or {} when there is none."""
     f = step_dir.parent.parent / "config.yaml"
-    return (yaml.safe_load(f.read_text()) or {}) if f.is_file() else {}
+    if not f.is_file():
+        return {}
+    try:
+        got = yaml.safe_load(f.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise InvalidInput(f"{f} is not valid YAML ({one_line(e)[:80]}); restore the run's config.yaml") from None
+    return got if isinstance(got, dict) else {}
 
 
-def policy_from_checkpoint(step_dir, *, what: str = "--policy"):
-    """``(model handle, params)`` of the policy in checkpoint ``step_dir`` (float32, with its value head)."""
+def newest_readable(step_dir, *, log=None) -> tuple[pathlib.Path, dict, dict]:
+    """Checkpoint ``step_dir`` read as saved: ``(step dir, state, meta)``. When it is its run's newest
+    step and unreadable, the newest readable older one, with a notice through ``log`` (as ``--resume``
+    does; nothing is moved: export and evaluate only read a run). An older step that was asked for by
+    name is refused in one line when unreadable."""
+    step_dir = pathlib.Path(step_dir)
+    ckpt = Checkpointer(step_dir.parent, log=log or (lambda *_: None))
+    step = int(step_dir.name)
+    if step != ckpt.latest_step():
+        try:
+            state, meta = ckpt.restore_raw(step)
+        except Exception as e:  # noqa: BLE001 - any failure to read a step is a damaged step
+            raise CheckpointError(f"{step_dir}: the checkpoint is unreadable ({type(e).__name__}: "
+                                  f"{one_line(e)[:100]}); choose another step") from None
+        return step_dir, state, meta
+    got, state, meta = ckpt.restore_raw_newest(step)
+    return step_dir.parent / str(got), state, meta
+
+
+def policy_from_checkpoint(step_dir, *, what: str = "--policy", log=None, with_step: bool = False):
+    """``(model handle, params)`` of the policy in checkpoint ``step_dir`` (float32, with its value head);
+    ``with_step``: also the step directory actually read (``newest_readable``)."""
     step_dir = pathlib.Path(step_dir)
     if not is_checkpoint(step_dir):
         raise InvalidInput(f"{what} {step_dir}: not a checkpoint step (RUN/checkpoints/<step>)")
-    state, meta = Checkpointer(step_dir.parent, log=lambda *_: None).restore_raw(int(step_dir.name))
+    step_dir, state, meta = newest_readable(step_dir, log=log)
+    if not isinstance(state, dict) or not isinstance(meta, dict):
+        raise InvalidInput(f"{what} {step_dir}: not a rajax training checkpoint")
+    got = _policy(step_dir, state, meta, what)
+    return (*got, step_dir) if with_step else got
+
+
+def _policy(step_dir, state, meta, what):
     raw = meta.get("hf_config")
     if raw is None:  # a checkpoint written before hf_config was recorded
         policy = ((run_config(step_dir).get("model") or {}).get("policy")
