@@ -427,7 +427,10 @@ def _preset_text(name: str) -> str | None:
     if not name or name.startswith(".") or not name.replace("_", "").replace("-", "").isalnum():
         return None  # a preset is a plain name; anything else is not one
     f = preset_dir() / f"{name}.yaml"
-    return f.read_text() if f.is_file() else None
+    try:
+        return f.read_text() if f.is_file() else None
+    except OSError:  # a name too long for the file system is no preset either
+        return None
 
 
 def _parse_yaml(text: str, what: str) -> dict:

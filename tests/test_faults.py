@@ -601,6 +601,7 @@ PARSE_CASES = [
     ("--seed past 2**32", ["--seed", str(2**32)], "train.seed: 4294967296 is out of range"),
     ("--lr inf", ["--lr", "inf"], "ppo.learning_rate: inf is not a finite number"),
     ("a flag without its value", ["--iterations"], "--iterations: expected one argument"),
+    ("a task name too long for the file system", ["--task", "x" * 300], "unknown task 'xxxx"),
 ]
 
 

@@ -413,8 +413,13 @@ class RunDir:
         return self.manifest[key]
 
     def rel(self, p) -> str:
+        """``p`` relative to the run directory: an absolute path, or one that starts with the run
+        directory as given (which may itself be relative to the working directory, like the default
+        runs/...), is made relative to it; any other relative path already is."""
         p = pathlib.Path(p)
-        return str(p.relative_to(self.path) if p.is_absolute() or str(p).startswith(str(self.path)) else p)
+        if p.is_absolute() or p.parts[:len(self.path.parts)] == self.path.parts:
+            return str(pathlib.Path(os.path.abspath(p)).relative_to(os.path.abspath(self.path)))
+        return str(p)
 
     def record(self, *paths) -> None:
         """Note that the run wrote the files ``paths`` (inside the run directory). Files, never a

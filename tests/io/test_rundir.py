@@ -140,3 +140,16 @@ def test_a_killed_runs_aside_folder_is_refused_not_deleted(tmp_path):
     with pytest.raises(RunDirError, match="moved aside"):
         RunDir.prepare(d, overwrite=True)
     assert unchanged(d, before)
+
+
+def test_a_relative_run_directory_records_absolute_paths(tmp_path, monkeypatch):
+    """The default --out (runs/<task>-...) is relative to the working directory; the files a library
+    reports by absolute path (Orbax's step files) are recorded relative to the run all the same."""
+    monkeypatch.chdir(tmp_path)
+    run = RunDir.create("runs/r", cfg_text="c", seed=0)
+    (tmp_path / "runs" / "r" / "checkpoints" / "1").mkdir(parents=True)
+    (tmp_path / "runs" / "r" / "checkpoints" / "1" / "state").write_text("s")
+    (tmp_path / "runs" / "r" / "config.yaml").write_text("c")
+    run.record(tmp_path / "runs" / "r" / "checkpoints" / "1" / "state", "runs/r/config.yaml", "metrics.jsonl")
+    assert run.manifest["entries"] == ["checkpoints/1/state", "config.yaml", "metrics.jsonl"]
+    run.close()
