@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import pathlib
 import signal
 import sys
@@ -356,7 +357,8 @@ class Trainer:
             prev = ckpt.latest_step()
             kept = f"checkpoint {prev} in {ckpt.directory} is intact" if prev is not None else "no earlier checkpoint"
             raise CheckpointError(f"writing checkpoint {m_next} failed ({e.strerror or e}); {kept}") from None
-        if self.lead and self.run_dir is not None:
+        mine = os.path.abspath(ckpt.directory).startswith(os.path.abspath(self.out) + os.sep)
+        if self.lead and self.run_dir is not None and mine:  # a checkpointer elsewhere writes no run's files
             # The step's files are the run's (not the folder: a user's note in checkpoints/ is not);
             # the earlier run that --overwrite moved aside goes now that this one has a checkpoint.
             self.run_dir.forget_missing("checkpoints")
