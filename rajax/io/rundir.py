@@ -169,6 +169,14 @@ def _probe_lock(path: pathlib.Path, flag: str) -> None:
         raise RunDirError(f"{flag} {path}: cannot read its lock {LOCK} ({e.strerror}); fix its permissions "
                           "or choose another directory") from None
     try:
+        _lock_or_refuse(fd, path, flag)
+    finally:
+        os.close(fd)  # releases the probe's lock at once
+
+
+def _lock_or_refuse(fd: int, path: pathlib.Path, flag: str) -> None:
+    """Take the run's lock on ``fd`` without waiting, or refuse in one line naming its holder's pid."""
+    try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
         if e.errno not in (errno.EAGAIN, errno.EACCES):
@@ -176,8 +184,6 @@ def _probe_lock(path: pathlib.Path, flag: str) -> None:
         holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
         raise RunDirError(f"{path} is in use by another rajax process (pid {holder}); wait for it to "
                           f"finish or choose another {flag}") from None
-    finally:
-        os.close(fd)  # releases the probe's lock at once
 
 
 def _writable(path: pathlib.Path, flag: str) -> None:
@@ -222,14 +228,7 @@ class Plan:
                               "choose another directory") from None
         run = None
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-                raise RunDirError(f"{path} is in use by another rajax process (pid {holder}); wait for it to "
-                                  f"finish or choose another {self.flag}") from None
+            _lock_or_refuse(fd, path, self.flag)
             # Under the lock: what prepare saw may have changed since.
             again = RunDir.prepare(path, kind=self.kind, flag=self.flag, overwrite=self.overwrite,
                                    entries=self.entries, resume=self.resume, _locked=True)
